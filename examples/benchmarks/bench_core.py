@@ -1,0 +1,85 @@
+"""Cost of gradguard's core, side by side with the bare torch equivalent in the same run.
+
+Run: python examples/benchmarks/bench_core.py
+
+Prints ratios, not only absolute times: shared machines are noisy, ratios less so.
+Each figure is the best of several repeats of many calls (timeit's advice for noise).
+"""
+
+from __future__ import annotations
+
+import argparse
+import timeit
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+import gradguard
+
+
+def best_us(fn: Callable[[], object], number: int, repeat: int) -> float:
+    """Best time per call over ``repeat`` runs of ``number`` calls, in microseconds."""
+    return min(timeit.repeat(fn, number=number, repeat=repeat)) / number * 1e6
+
+
+def deep_model(blocks: int = 100) -> nn.Module:
+    """A model of 301 modules: 100 blocks of Linear + LayerNorm under a Sequential each."""
+    return nn.Sequential(*[nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4)) for _ in range(blocks)])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--number", type=int, default=20000, help="calls per repeat")
+    parser.add_argument("--repeat", type=int, default=7, help="repeats; the best is kept")
+    args = parser.parse_args()
+    n, r = args.number, args.repeat
+
+    def noop() -> None:
+        return None
+
+    torch_noop = torch.inference_mode()(noop)
+    guarded_noop = gradguard.infer(noop)
+    guarded_pinned = gradguard.infer(mode="inference")(noop)
+
+    bare = best_us(noop, n, r)
+    torch_t = best_us(torch_noop, n, r)
+    auto_t = best_us(guarded_noop, n, r)
+    pinned_t = best_us(guarded_pinned, n, r)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print("no-op call (µs per call; ratio against @torch.inference_mode())")
+    print(f"  undecorated                 {bare:7.3f}")
+    print(f"  @torch.inference_mode()     {torch_t:7.3f}   1.00x")
+    print(f"  @gradguard.infer            {auto_t:7.3f}   {auto_t / torch_t:.2f}x")
+    print(f"  @gradguard.infer(mode=...)  {pinned_t:7.3f}   {pinned_t / torch_t:.2f}x")
+
+    model = deep_model()
+    count = len(list(model.modules()))
+    m = max(n // 100, 50)
+
+    def torch_switch() -> None:
+        model.eval()
+        model.train()
+
+    def guarded_switch() -> None:
+        with gradguard.scope(model, mode="inference", name="bench"):
+            pass
+
+    model.train()
+    torch_t = best_us(torch_switch, m, r)
+    guard_t = best_us(guarded_switch, m, r)
+    model.eval()
+    torch_eval_t = best_us(model.eval, m, r)
+    guard_eval_t = best_us(guarded_switch, m, r)
+    print(f"eval switch of a {count}-module model (µs per call)")
+    print(f"  model.eval(); model.train()            {torch_t:9.1f}   1.00x")
+    print(f"  gradguard, model in training mode      {guard_t:9.1f}   {guard_t / torch_t:.3f}x")
+    print(f"  model.eval() on a model already in eval{torch_eval_t:9.1f}")
+    print(
+        f"  gradguard, model already in eval       {guard_eval_t:9.1f}   "
+        f"{guard_eval_t / torch_t:.3f}x"
+    )
+
+
+if __name__ == "__main__":
+    main()

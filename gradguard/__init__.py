@@ -1,0 +1,64 @@
+"""gradguard: run PyTorch inference in eval mode under inference mode, and restore it all.
+
+``@gradguard.infer`` guards a function, ``gradguard.guard(model)`` a module and
+``gradguard.scope(...)`` a block. Names load on first use, so ``import gradguard`` is
+cheap and the log tools never import torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._decorate import GuardedFunction, infer
+    from ._describe import describe
+    from ._errors import FallbackWarning, GradguardWarning
+    from ._policy import Policy
+    from ._proxy import GuardedModule, guard, unguard
+    from ._scope import scope
+    from ._target import TargetInfo
+
+__all__ = [
+    "FallbackWarning",
+    "GradguardWarning",
+    "GuardedFunction",
+    "GuardedModule",
+    "Policy",
+    "TargetInfo",
+    "describe",
+    "guard",
+    "infer",
+    "scope",
+    "unguard",
+]
+
+__version__ = "0.1.0.dev0"
+
+_WHERE = {
+    "FallbackWarning": "._errors",
+    "GradguardWarning": "._errors",
+    "GuardedFunction": "._decorate",
+    "GuardedModule": "._proxy",
+    "Policy": "._policy",
+    "TargetInfo": "._target",
+    "describe": "._describe",
+    "guard": "._proxy",
+    "infer": "._decorate",
+    "scope": "._scope",
+    "unguard": "._proxy",
+}
+
+
+def __getattr__(name: str) -> Any:
+    where = _WHERE.get(name)
+    if where is None:
+        msg = f"module 'gradguard' has no attribute {name!r}"
+        raise AttributeError(msg)
+    value = getattr(importlib.import_module(where, __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

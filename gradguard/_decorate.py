@@ -1,0 +1,158 @@
+"""``@gradguard.infer``: the decorator form."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar, overload
+
+import wrapt
+
+from ._policy import Policy, make_policy
+from ._steps import async_generator_call, coroutine_call, generator_call
+from ._target import Target, module_finder, underlying
+
+if TYPE_CHECKING:
+    from typing_extensions import ParamSpec, Unpack
+
+    from ._policy import Options
+
+    P = ParamSpec("P")
+else:
+    P = TypeVar("P")  # only type checkers need the ParamSpec
+
+R = TypeVar("R")
+
+__all__ = ["GuardedFunction", "infer"]
+
+
+if TYPE_CHECKING:
+    _FunctionWrapper = wrapt.FunctionWrapper[..., Any]
+else:
+    _FunctionWrapper = wrapt.FunctionWrapper
+
+
+class GuardedFunction(_FunctionWrapper):
+    """A function, method or callable object decorated by ``gradguard.infer``.
+
+    Behaves as the original (name, docstring, signature, ``__wrapped__``, binding as a
+    method, classmethod or staticmethod) and runs each call through its target.
+    """
+
+    def __init__(self, wrapped: Any, wrapper: Any, target: Target) -> None:
+        super().__init__(wrapped, wrapper)
+        self._self_target = target
+        self._self_run = wrapper
+
+
+class _DirectGuardedFunction(GuardedFunction):
+    """A ``GuardedFunction`` of a plain function or callable object.
+
+    Called directly (not bound to an instance) it has nothing to bind, so it calls its
+    target straight away: wrapt's general ``__call__`` costs twice as much, and the
+    no-op guarded call must stay cheaper than ``@torch.inference_mode()``. Bound calls
+    (the function used as a method) still go through wrapt's binding.
+    """
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._self_run(self.__wrapped__, None, args, kwargs)
+
+
+def _default_name(fn: Any) -> str:
+    func, self_obj = underlying(fn)
+    if self_obj is not None and not inspect.ismethod(fn):  # a callable object
+        cls = type(fn)
+        return f"{cls.__module__}:{cls.__qualname__}"
+    module = getattr(func, "__module__", None) or "?"
+    qualname = getattr(func, "__qualname__", None) or repr(func)
+    return f"{module}:{qualname}"
+
+
+def _check_callable(fn: Any) -> None:
+    if isinstance(fn, type):
+        msg = (
+            f"infer() cannot decorate the class {fn.__qualname__}: it is ambiguous whether "
+            "the constructor or the methods should be guarded. Decorate the methods that "
+            "run inference (def predict(...)), or guard an instance: gradguard.guard(model)."
+        )
+        raise TypeError(msg)
+    if not callable(fn) and not isinstance(fn, (classmethod, staticmethod)):
+        msg = (
+            f"infer() decorates functions, methods and callable objects; got {fn!r} "
+            f"({type(fn).__name__}). Use @gradguard.infer on a def, or "
+            "gradguard.guard(model) for a module."
+        )
+        raise TypeError(msg)
+
+
+def decorate(fn: Any, policy: Policy) -> Any:
+    """Wrap ``fn`` in a ``GuardedFunction`` running under ``policy``."""
+    _check_callable(fn)
+    if isinstance(fn, GuardedFunction):  # re-decorating replaces the options, not nests
+        fn = fn.__wrapped__
+    func = underlying(fn)[0]
+    target_fn = fn.__func__ if isinstance(fn, (classmethod, staticmethod)) else fn
+    target = Target(
+        policy.name or _default_name(fn),
+        "function",
+        policy,
+        (func,),
+        module_finder(target_fn, policy),
+    )
+    if inspect.isasyncgenfunction(func):
+        wrapper: Any = functools.partial(async_generator_call, target)
+    elif inspect.iscoroutinefunction(func):
+        wrapper = functools.partial(coroutine_call, target)
+    elif inspect.isgeneratorfunction(func):
+        wrapper = functools.partial(generator_call, target)
+    else:
+        wrapper = target.call  # already (wrapped, instance, args, kwargs): no extra frame
+    plain = inspect.isfunction(fn) or not (
+        isinstance(fn, (classmethod, staticmethod)) or inspect.ismethod(fn) or inspect.isbuiltin(fn)
+    )
+    return (_DirectGuardedFunction if plain else GuardedFunction)(fn, wrapper, target)
+
+
+@overload
+def infer(fn: Callable[P, R], /) -> Callable[P, R]: ...
+
+
+@overload
+def infer(
+    fn: None = None, /, **options: Unpack[Options]
+) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
+
+
+def infer(fn: Any = None, /, **options: Any) -> Any:
+    """Run a function in inference mode, with the modules it uses in eval, then restore both.
+
+    Use it bare or with options. Each call switches the modules it finds (``nn.Module``
+    arguments, ``self`` if a module, ``nn.Module`` attributes of ``self``) to eval, runs
+    under ``torch.inference_mode()`` (or ``torch.no_grad()`` where the code needs autograd
+    inside), and gives back every flag and mode as they were, whatever happens. Works on
+    functions, methods, classmethods, staticmethods, callable objects, generators,
+    ``async def`` functions and async generators; coroutines and generators have the mode
+    on only while their own code runs.
+
+    Options (checked here, so mistakes fail at decoration time):
+        mode: ``"auto"`` (default), ``"inference"`` or ``"no_grad"``.
+        eval: switch modules to eval for the call (default ``True``).
+        modules: ``"auto"`` (default), or the modules, parameter names or ``self``
+            attribute names to switch.
+        name: the name in logs and messages (default ``module:qualname``).
+        outputs: ``"keep"`` (default) or ``"clone"`` to return ordinary tensors that are
+            safe to use in autograd later.
+        retry: when auto mode finds at run time that the code needs autograd, run the
+            call again under no_grad (default ``True``), or re-raise.
+
+    Example::
+
+        @gradguard.infer
+        def predict(model, x):
+            return model(x).argmax(-1)
+    """
+    policy = make_policy(options, caller="infer")
+    if fn is None:
+        return functools.partial(decorate, policy=policy)
+    return decorate(fn, policy)

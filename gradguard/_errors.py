@@ -1,0 +1,17 @@
+"""Warning and error classes: one class per kind of trouble, so each can be filtered alone."""
+
+from __future__ import annotations
+
+__all__ = ["FallbackWarning", "GradguardWarning"]
+
+
+class GradguardWarning(UserWarning):
+    """Base class of every warning gradguard emits."""
+
+
+class FallbackWarning(GradguardWarning):
+    """Auto mode switched a target from inference mode to no_grad for good.
+
+    Emitted once per target, the first time its code fails under inference mode in a way
+    that shows it needs autograd inside. Pin the mode (``mode="no_grad"``) to silence it.
+    """

@@ -1,0 +1,77 @@
+"""Walking the tensors in what a call returns: tuples, lists, dicts, dataclasses, ModelOutput."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+__all__ = ["clone_inference_tensors", "map_tensors"]
+
+_Tensor = torch.Tensor
+_MAX_DEPTH = 32  # outputs nest a few levels; deeper structures are left as they are
+
+
+def map_tensors(obj: Any, fn: Callable[[torch.Tensor], torch.Tensor], depth: int = 0) -> Any:
+    """Return ``obj`` with ``fn`` applied to every tensor inside it.
+
+    Containers are rebuilt only where a tensor inside them changed, so an output with
+    nothing to change comes back as the very same object.
+    """
+    if isinstance(obj, _Tensor):
+        return fn(obj)
+    if depth >= _MAX_DEPTH or isinstance(obj, (str, bytes, int, float, type(None))):
+        return obj
+    depth += 1
+    if isinstance(obj, (tuple, list)):
+        items = [map_tensors(item, fn, depth) for item in obj]
+        if all(new is old for new, old in zip(items, obj, strict=True)):
+            return obj
+        if isinstance(obj, list):
+            new_list = copy.copy(obj)
+            new_list[:] = items
+            return new_list
+        if hasattr(obj, "_fields"):  # namedtuple
+            return type(obj)(*items)
+        return type(obj)(items)
+    if isinstance(obj, dict):
+        changed = {}
+        for key, value in obj.items():
+            new = map_tensors(value, fn, depth)
+            if new is not value:
+                changed[key] = new
+        if not changed:
+            return obj
+        new_dict = copy.copy(obj)  # keeps the class: OrderedDict, ModelOutput, ...
+        for key, value in changed.items():
+            new_dict[key] = value
+        return new_dict
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        changed = {}
+        for field in dataclasses.fields(obj):
+            value = getattr(obj, field.name)
+            new = map_tensors(value, fn, depth)
+            if new is not value:
+                changed[field.name] = new
+        if not changed:
+            return obj
+        new_obj = copy.copy(obj)
+        for name, value in changed.items():
+            object.__setattr__(new_obj, name, value)  # frozen dataclasses too
+        return new_obj
+    return obj
+
+
+def _clone_if_inference(tensor: torch.Tensor) -> torch.Tensor:
+    if not tensor.is_inference():
+        return tensor
+    with torch.inference_mode(False), torch.no_grad():
+        return tensor.clone()
+
+
+def clone_inference_tensors(obj: Any) -> Any:
+    """Replace every inference tensor in ``obj`` by an ordinary copy (``outputs="clone"``)."""
+    return map_tensors(obj, _clone_if_inference)

@@ -1,0 +1,148 @@
+"""The options shared by ``infer``, ``guard`` and ``scope``, checked once, held in one object."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, fields, replace
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
+
+from torch import nn
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+__all__ = ["MODES", "OUTPUTS", "Mode", "Options", "Outputs", "Policy", "make_policy"]
+
+Mode = Literal["auto", "inference", "no_grad"]
+Outputs = Literal["keep", "clone"]
+ModuleSpec = nn.Module | str
+
+MODES: tuple[Mode, ...] = ("auto", "inference", "no_grad")
+OUTPUTS: tuple[Outputs, ...] = ("keep", "clone")
+
+
+class Options(TypedDict, total=False):
+    """Keyword options accepted by ``infer``, ``guard`` and ``scope``."""
+
+    mode: Mode
+    eval: bool
+    modules: Literal["auto"] | nn.Module | str | Iterable[ModuleSpec]
+    name: str | None
+    outputs: Outputs
+    retry: bool
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What a guarded target does around each call.
+
+    Attributes:
+        mode: ``"auto"`` (inference mode unless the code needs gradients inside),
+            ``"inference"`` (``torch.inference_mode()``) or ``"no_grad"`` (``torch.no_grad()``).
+        eval: switch the target's modules to eval for the call, and back afterwards.
+        modules: ``"auto"`` to find modules among the call's arguments and ``self``, or
+            the modules, argument names or attribute names to switch.
+        name: the target's name in logs and messages; ``None`` means ``module:qualname``.
+        outputs: ``"keep"`` returns what the code returned; ``"clone"`` replaces inference
+            tensors in the result by ordinary copies, safe to use in autograd later.
+        retry: in auto mode, when a call fails under inference mode because it needs
+            autograd, run it again once under no_grad (``False`` re-raises instead).
+    """
+
+    mode: Mode = "auto"
+    eval: bool = True
+    modules: Literal["auto"] | tuple[ModuleSpec, ...] = "auto"
+    name: str | None = None
+    outputs: Outputs = "keep"
+    retry: bool = True
+
+    def merged(self, options: Mapping[str, Any]) -> Policy:
+        """Return a copy with ``options`` (already checked) applied over this policy."""
+        return replace(self, **options) if options else self
+
+
+def _choice(option: str, valid: tuple[str, ...]) -> Callable[[Any], Any]:
+    def check(value: Any) -> Any:
+        if value not in valid:
+            listed = ", ".join(repr(v) for v in valid)
+            msg = f"{option} must be one of {listed}; got {value!r}"
+            raise ValueError(msg)
+        return value
+
+    return check
+
+
+def _flag(option: str) -> Callable[[Any], bool]:
+    def check(value: Any) -> bool:
+        if not isinstance(value, bool):
+            msg = f"{option} must be True or False; got {value!r}"
+            raise TypeError(msg)
+        return value
+
+    return check
+
+
+def _name(value: Any) -> str | None:
+    if value is not None and (not isinstance(value, str) or not value):
+        msg = f"name must be a non-empty string or None; got {value!r}"
+        raise TypeError(msg)
+    return value
+
+
+def _modules(value: Any) -> Literal["auto"] | tuple[ModuleSpec, ...]:
+    if value == "auto":
+        return "auto"
+    items = (value,) if isinstance(value, (nn.Module, str)) else value
+    try:
+        specs = tuple(items)
+    except TypeError:
+        specs = ()
+        items = None
+    bad = [s for s in specs if not isinstance(s, (nn.Module, str))]
+    if items is None or bad:
+        shown = bad[0] if bad else value
+        msg = (
+            "modules must be 'auto', an nn.Module, an argument or attribute name, or a list "
+            f"of those; got {shown!r} ({type(shown).__name__})"
+        )
+        raise TypeError(msg)
+    return specs
+
+
+_CHECKS: dict[str, Callable[[Any], Any]] = {
+    "mode": _choice("mode", MODES),
+    "eval": _flag("eval"),
+    "modules": _modules,
+    "name": _name,
+    "outputs": _choice("outputs", OUTPUTS),
+    "retry": _flag("retry"),
+}
+assert set(_CHECKS) == {f.name for f in fields(Policy)}
+
+
+def check_options(options: Mapping[str, Any], *, caller: str) -> dict[str, Any]:
+    """Validate option names and values; return them normalised.
+
+    Raises ``TypeError`` for an unknown name (with the closest valid one) and
+    ``TypeError``/``ValueError`` for a bad value, naming the option and the value.
+    """
+    checked = {}
+    for key, value in options.items():
+        check = _CHECKS.get(key)
+        if check is None:
+            close = difflib.get_close_matches(key, _CHECKS, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else "."
+            valid = ", ".join(sorted(_CHECKS))
+            msg = f"{caller}() got an unknown option {key!r}{hint} Valid options: {valid}."
+            raise TypeError(msg)
+        checked[key] = check(value)
+    return checked
+
+
+_DEFAULT = Policy()
+
+
+def make_policy(options: Mapping[str, Any], *, caller: str) -> Policy:
+    """Build a ``Policy`` from user keyword options, raising early on bad input."""
+    return _DEFAULT.merged(check_options(options, caller=caller))

@@ -1,0 +1,229 @@
+"""``gradguard.guard(model)``: a transparent proxy whose calls are guarded."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import wrapt
+from torch import nn
+
+from ._policy import Policy, make_policy
+from ._target import Target, fixed_modules
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from ._policy import Options
+
+__all__ = ["GuardedModule", "guard", "unguard"]
+
+M = TypeVar("M", bound=nn.Module)
+
+# nn.Module methods that return the module itself: called through the proxy they return
+# the proxy, so `model = gradguard.guard(model).to(device)` keeps the guard.
+_RETURNS_SELF = (
+    "to",
+    "cuda",
+    "cpu",
+    "xpu",
+    "mtia",
+    "ipu",
+    "type",
+    "float",
+    "double",
+    "half",
+    "bfloat16",
+    "to_empty",
+    "apply",
+    "share_memory",
+    "train",
+    "eval",
+    "requires_grad_",
+)
+
+
+if TYPE_CHECKING:
+    _ObjectProxy = wrapt.ObjectProxy[nn.Module]
+else:
+    _ObjectProxy = wrapt.ObjectProxy
+
+
+class GuardedModule(_ObjectProxy):
+    """An ``nn.Module`` whose calls run guarded: eval, inference mode, everything restored.
+
+    It is the module for every other purpose: ``isinstance`` checks, attribute reads and
+    writes, ``state_dict()`` (same keys, no prefix), parameters, hooks. gradguard's own
+    state lives on the proxy under wrapt's ``_self_`` prefix, never in the module.
+
+    What a proxy cannot hide: ``type(g)`` is ``GuardedModule``; ``g is model`` is false.
+    ``copy.copy``/``copy.deepcopy`` return a guarded copy (a deep copy guards a deep copy of
+    the module), and pickling, ``torch.save(g)`` included, stores the module with its
+    options, so loading gives back a guarded module; saving ``g.state_dict()`` is still the
+    portable way.
+    """
+
+    def __init__(self, module: nn.Module, policy: Policy, methods: tuple[str, ...]) -> None:
+        super().__init__(module)
+        self._self_policy = policy
+        self._self_methods = methods
+        name = policy.name or f"{type(module).__module__}:{type(module).__qualname__}"
+        find = fixed_modules(_policy_modules(module, policy))
+        forward = type(module).forward
+        self._self_call = Target(name, "module", policy, (forward,), find)
+        self._self_targets = {
+            m: Target(f"{name}.{m}", "module", policy, (getattr(module, m),), find) for m in methods
+        }
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._self_call.call(self.__wrapped__, None, args, kwargs)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """The module's ``forward``, guarded like a call."""
+        return self._self_call.call(self.__wrapped__.forward, None, args, kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self.__wrapped__, name)
+        if name.startswith("_self_"):
+            return attribute
+        target = self._self_targets.get(name)
+        if target is not None:
+            return _GuardedMethod(target, attribute)
+        if name in _RETURNS_SELF:
+            return _ReturnsProxy(self, attribute)
+        return attribute
+
+    def __repr__(self) -> str:
+        options = _options_repr(self._self_policy, self._self_methods)
+        return f"gradguard.guard({self.__wrapped__!r}{options})"
+
+    def __copy__(self) -> GuardedModule:
+        return GuardedModule(self.__wrapped__, self._self_policy, self._self_methods)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> GuardedModule:
+        module = copy.deepcopy(self.__wrapped__, memo)
+        return GuardedModule(module, self._self_policy, self._self_methods)
+
+    def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
+        return _restore, (self.__wrapped__, self._self_policy, self._self_methods)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return self.__reduce_ex__(2)
+
+
+def _restore(module: nn.Module, policy: Policy, methods: tuple[str, ...]) -> GuardedModule:
+    return GuardedModule(module, policy, methods)
+
+
+class _GuardedMethod:
+    """A module method named in ``methods=``, bound and guarded."""
+
+    __slots__ = ("_method", "_target")
+
+    def __init__(self, target: Target, method: Any) -> None:
+        self._target = target
+        self._method = method
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._target.call(self._method, None, args, kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._method, name)
+
+
+class _ReturnsProxy:
+    __slots__ = ("_method", "_proxy")
+
+    def __init__(self, proxy: GuardedModule, method: Any) -> None:
+        self._proxy = proxy
+        self._method = method
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        result = self._method(*args, **kwargs)
+        return self._proxy if result is self._proxy.__wrapped__ else result
+
+
+def _policy_modules(module: nn.Module, policy: Policy) -> list[nn.Module]:
+    if policy.modules == "auto":
+        return [module]
+    found = []
+    for spec in policy.modules:
+        if isinstance(spec, str):
+            value = getattr(module, spec, None)
+            if not isinstance(value, nn.Module):
+                what = "no attribute" if value is None else f"a {type(value).__name__} at"
+                msg = (
+                    f"guard(modules=[{spec!r}]): {type(module).__name__} has {what} {spec!r}; "
+                    "name a submodule attribute, or pass the module itself"
+                )
+                raise ValueError(msg)
+            found.append(value)
+        else:
+            found.append(spec)
+    return found
+
+
+def _options_repr(policy: Policy, methods: tuple[str, ...]) -> str:
+    default = Policy()
+    shown = [
+        f"{field}={getattr(policy, field)!r}"
+        for field in ("mode", "eval", "name", "outputs", "retry")
+        if getattr(policy, field) != getattr(default, field)
+    ]
+    if policy.modules != "auto":
+        shown.append(f"modules=<{len(policy.modules)}>")
+    if methods:
+        shown.append(f"methods={methods!r}")
+    return "".join(f", {s}" for s in shown)
+
+
+def guard(module: M, /, *, methods: Iterable[str] = (), **options: Unpack[Options]) -> M:
+    """Return ``module`` behind a transparent proxy whose calls are guarded.
+
+    ``g(x)`` and ``g.forward(x)`` switch the module to eval, run under inference mode (or
+    no_grad where its forward needs autograd), and restore every flag and mode afterwards;
+    so do the methods named in ``methods`` (``methods=("generate",)`` for Hugging Face
+    models). Everything else reaches the module unchanged. Guarding a guarded module
+    does not wrap it twice: without options it is returned as it is, with options the
+    module inside gets a new proxy with them.
+
+    Example::
+
+        model = gradguard.guard(MyModel().to(device))
+        logits = model(batch)          # eval + inference mode, restored afterwards
+        model.state_dict().keys()      # the module's own keys
+    """
+    methods = (methods,) if isinstance(methods, str) else tuple(methods)
+    given: Any = module  # typed as a module, but users pass anything: check at run time
+    if isinstance(given, GuardedModule):
+        if not options and not methods:
+            return module
+        methods = methods or given._self_methods
+        given = given.__wrapped__
+    if not isinstance(given, nn.Module):
+        msg = (
+            f"guard() takes an nn.Module; got {type(given).__name__}. For a function or "
+            "other callable, use @gradguard.infer; for a block, gradguard.scope(...)."
+        )
+        raise TypeError(msg)
+    for name in methods:
+        if not isinstance(name, str) or not callable(getattr(given, name, None)):
+            msg = (
+                f"guard(methods=...): {type(given).__name__} has no method {name!r}; "
+                "name methods of the module, such as 'generate'"
+            )
+            raise ValueError(msg)
+    policy = make_policy(options, caller="guard")
+    return GuardedModule(given, policy, methods)  # type: ignore[return-value]
+
+
+def unguard(module: M, /) -> M:
+    """Return the module behind ``gradguard.guard``; a plain module comes back as it is."""
+    given: Any = module
+    if isinstance(given, GuardedModule):
+        return given.__wrapped__  # type: ignore[return-value]
+    if isinstance(given, nn.Module):
+        return module
+    msg = f"unguard() takes a guarded or plain nn.Module; got {type(given).__name__}"
+    raise TypeError(msg)

@@ -1,0 +1,30 @@
+"""Find the first frame outside gradguard, so warnings point at the user's line."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def user_stacklevel() -> int:
+    """Return the ``stacklevel`` for ``warnings.warn`` called by the caller of this function.
+
+    Counts the frames that belong to gradguard, so the warning is reported at the first
+    frame of user code however deep inside gradguard it was raised.
+    """
+    frame = sys._getframe(1)  # the function that will call warnings.warn
+    level = 1
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        frame = frame.f_back  # type: ignore[assignment]
+        level += 1
+    return level
+
+
+def caller_name(depth: int) -> str:
+    """Return ``module:qualname`` of the code ``depth`` frames above the caller."""
+    frame = sys._getframe(depth + 1)
+    code = frame.f_code
+    qualname = getattr(code, "co_qualname", code.co_name)
+    return f"{frame.f_globals.get('__name__', '?')}:{qualname}"

@@ -1,0 +1,199 @@
+"""Guarding generators and coroutines one step at a time.
+
+Grad mode and inference mode are thread-local in torch, not local to a generator or a
+task. A ``with`` held open across a ``yield`` would leave the mode on in the consumer
+between ``next()`` calls, and one held across an ``await`` would leave it on in every
+other task the event loop runs meanwhile (while ``@torch.inference_mode()`` on an
+``async def`` applies nothing at all inside the coroutine). So each resume of the body is
+wrapped on its own: enter the mode, run to the next ``yield``/``await``, leave it, as
+torch's ``_wrap_generator`` does for generators.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Callable, Generator
+from typing import Any
+
+from torch import nn
+
+from ._outputs import clone_inference_tensors
+from ._target import Target
+
+__all__ = ["async_generator_call", "coroutine_call", "generator_call"]
+
+
+def _start(
+    target: Target, modules: list[nn.Module], make: Callable[[], Any], send: str
+) -> tuple[Any, Any]:
+    """Create the body and run its first step; once more under no_grad if auto falls back.
+
+    Returns the body and what its first step produced. The retry is safe here: nothing
+    has reached the caller yet.
+    """
+    for attempt in (1, 2):
+        body = make()
+        inference = target.inference
+        step = target.enter(modules)
+        try:
+            return body, getattr(body, send)(None)
+        except RuntimeError as error:
+            if attempt == 2 or not (inference and target.should_fall_back(error)):
+                raise
+        finally:
+            target.leave(step)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def generator_call(
+    target: Target,
+    wrapped: Callable[..., Generator[Any, Any, Any]],
+    instance: Any,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> Generator[Any, Any, Any]:
+    """Run a generator with the mode on only while its body runs."""
+    target.calls += 1
+    modules = target.modules(instance, args, kwargs)
+    try:
+        gen, response = _start(target, modules, lambda: wrapped(*args, **kwargs), "send")
+    except StopIteration as stop:
+        return stop.value
+    inference = target.inference
+    try:
+        return (yield from _resume(target, modules, gen, response))
+    except RuntimeError as error:
+        if inference:  # too late to run it again, but the next call uses no_grad
+            target.should_fall_back(error, can_retry=False)
+        raise
+
+
+def _resume(
+    target: Target, modules: list[nn.Module], gen: Generator[Any, Any, Any], response: Any
+) -> Generator[Any, Any, Any]:
+    enter, leave, clone = target.enter, target.leave, target.clone
+    while True:
+        try:
+            request = yield clone_inference_tensors(response) if clone else response
+        except GeneratorExit:
+            step = enter(modules)
+            try:
+                gen.close()
+            finally:
+                leave(step)
+            raise
+        except BaseException as thrown:
+            advance: Callable[[Any], Any] = gen.throw
+            value = thrown
+        else:
+            advance, value = gen.send, request
+        step = enter(modules)
+        try:
+            response = advance(value)
+        except StopIteration as stop:
+            return stop.value
+        finally:
+            leave(step)
+
+
+class _Stepped:
+    """Await ``inner`` (a coroutine, or an async generator's asend/athrow/aclose) with the
+    target's mode entered around each of its steps and left while it is suspended."""
+
+    __slots__ = ("_inner", "_modules", "_target")
+
+    def __init__(self, target: Target, modules: list[nn.Module], inner: Any) -> None:
+        self._target = target
+        self._modules = modules
+        self._inner = inner
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        inner, modules = self._inner, self._modules
+        enter, leave = self._target.enter, self._target.leave
+        value: Any = None
+        thrown: BaseException | None = None
+        while True:
+            step = enter(modules)
+            try:
+                yielded = inner.send(value) if thrown is None else inner.throw(thrown)
+            except StopIteration as stop:
+                return stop.value
+            finally:
+                leave(step)
+            try:
+                value, thrown = (yield yielded), None
+            except GeneratorExit:
+                step = enter(modules)
+                try:
+                    inner.close()
+                finally:
+                    leave(step)
+                raise
+            except BaseException as error:  # cancellation included: the body sees it
+                value, thrown = None, error
+
+
+async def coroutine_call(
+    target: Target,
+    wrapped: Callable[..., Any],
+    instance: Any,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> Any:
+    """Await a coroutine with the mode on only while its body runs."""
+    target.calls += 1
+    modules = target.modules(instance, args, kwargs)
+    inference = target.inference
+    try:
+        result = await _Stepped(target, modules, wrapped(*args, **kwargs))
+    except RuntimeError as error:
+        if not (inference and target.should_fall_back(error)):
+            raise
+        result = await _Stepped(target, modules, wrapped(*args, **kwargs))
+    return clone_inference_tensors(result) if target.clone else result
+
+
+async def async_generator_call(
+    target: Target,
+    wrapped: Callable[..., AsyncGenerator[Any, Any]],
+    instance: Any,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> AsyncGenerator[Any, Any]:
+    """Iterate an async generator with the mode on only while its body runs."""
+    target.calls += 1
+    modules = target.modules(instance, args, kwargs)
+    clone = target.clone
+    agen = wrapped(*args, **kwargs)
+    inference = target.inference
+    try:
+        response = await _Stepped(target, modules, agen.asend(None))
+    except StopAsyncIteration:
+        return
+    except RuntimeError as error:
+        if not (inference and target.should_fall_back(error)):
+            raise
+        agen = wrapped(*args, **kwargs)  # nothing reached the caller yet: start again
+        try:
+            response = await _Stepped(target, modules, agen.asend(None))
+        except StopAsyncIteration:
+            return
+    inference = target.inference
+    try:
+        while True:
+            try:
+                request = yield clone_inference_tensors(response) if clone else response
+            except GeneratorExit:
+                await _Stepped(target, modules, agen.aclose())
+                raise
+            except BaseException as thrown:
+                awaitable = agen.athrow(thrown)
+            else:
+                awaitable = agen.asend(request)
+            try:
+                response = await _Stepped(target, modules, awaitable)
+            except StopAsyncIteration:
+                return
+    except RuntimeError as error:
+        if inference:  # too late to run it again, but the next call uses no_grad
+            target.should_fall_back(error, can_retry=False)
+        raise
