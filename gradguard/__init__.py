@@ -11,13 +11,15 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ._config import Settings, configure
     from ._decorate import GuardedFunction, infer
     from ._describe import describe
-    from ._errors import FallbackWarning, GradguardWarning
+    from ._errors import FallbackWarning, GradguardWarning, TelemetryWarning
     from ._policy import Policy
     from ._proxy import GuardedModule, guard, unguard
     from ._scope import scope
     from ._target import TargetInfo
+    from ._telemetry import flush
 
 __all__ = [
     "FallbackWarning",
@@ -25,8 +27,12 @@ __all__ = [
     "GuardedFunction",
     "GuardedModule",
     "Policy",
+    "Settings",
     "TargetInfo",
+    "TelemetryWarning",
+    "configure",
     "describe",
+    "flush",
     "guard",
     "infer",
     "scope",
@@ -41,8 +47,12 @@ _WHERE = {
     "GuardedFunction": "._decorate",
     "GuardedModule": "._proxy",
     "Policy": "._policy",
+    "Settings": "._config",
     "TargetInfo": "._target",
+    "TelemetryWarning": "._errors",
+    "configure": "._config",
     "describe": "._describe",
+    "flush": "._telemetry",
     "guard": "._proxy",
     "infer": "._decorate",
     "scope": "._scope",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["FallbackWarning", "GradguardWarning"]
+__all__ = ["FallbackWarning", "GradguardWarning", "TelemetryWarning"]
 
 
 class GradguardWarning(UserWarning):
@@ -15,3 +15,7 @@ class FallbackWarning(GradguardWarning):
     Emitted once per target, the first time its code fails under inference mode in a way
     that shows it needs autograd inside. Pin the mode (``mode="no_grad"``) to silence it.
     """
+
+
+class TelemetryWarning(GradguardWarning):
+    """Logging a call failed; the call itself went on. Emitted once per process."""

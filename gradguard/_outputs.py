@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["clone_inference_tensors", "map_tensors"]
+__all__ = ["any_tensor", "clone_inference_tensors", "map_tensors"]
 
 _Tensor = torch.Tensor
 _MAX_DEPTH = 32  # outputs nest a few levels; deeper structures are left as they are
@@ -75,3 +75,16 @@ def _clone_if_inference(tensor: torch.Tensor) -> torch.Tensor:
 def clone_inference_tensors(obj: Any) -> Any:
     """Replace every inference tensor in ``obj`` by an ordinary copy (``outputs="clone"``)."""
     return map_tensors(obj, _clone_if_inference)
+
+
+def any_tensor(obj: Any, predicate: Callable[[torch.Tensor], bool]) -> bool:
+    """Whether ``predicate`` holds for some tensor inside ``obj``."""
+    found = False
+
+    def check(tensor: torch.Tensor) -> torch.Tensor:
+        nonlocal found
+        found = found or predicate(tensor)
+        return tensor
+
+    map_tensors(obj, check)
+    return found

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 from torch import nn
 
+from ._config import check_sample
+
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
@@ -16,10 +18,12 @@ __all__ = ["MODES", "OUTPUTS", "Mode", "Options", "Outputs", "Policy", "make_pol
 
 Mode = Literal["auto", "inference", "no_grad"]
 Outputs = Literal["keep", "clone"]
+Memory = Literal["auto", "peak", "tensors", "off"]
 ModuleSpec = nn.Module | str
 
 MODES: tuple[Mode, ...] = ("auto", "inference", "no_grad")
 OUTPUTS: tuple[Outputs, ...] = ("keep", "clone")
+MEMORY: tuple[Memory, ...] = ("auto", "peak", "tensors", "off")
 
 
 class Options(TypedDict, total=False):
@@ -31,6 +35,10 @@ class Options(TypedDict, total=False):
     name: str | None
     outputs: Outputs
     retry: bool
+    log: bool | None
+    sample: float | None
+    memory: Memory | bool
+    sync: bool
 
 
 @dataclass(frozen=True)
@@ -48,6 +56,14 @@ class Policy:
             tensors in the result by ordinary copies, safe to use in autograd later.
         retry: in auto mode, when a call fails under inference mode because it needs
             autograd, run it again once under no_grad (``False`` re-raises instead).
+        log: emit an event per call (``None``: as ``gradguard.configure`` says).
+        sample: the fraction of calls that emit an event (``None``: as configured).
+        memory: ``"auto"`` (the device allocator on accelerators, process RSS on the CPU),
+            ``"peak"`` (the same, plus an exact peak, by resetting the peak counter before
+            each call: a process-wide side effect), ``"tensors"`` (exact accounting of the
+            tensors the call creates; slow, for development) or ``"off"``/``False``.
+        sync: on CUDA, wait for the device at the end of each logged call so that its
+            event carries ``gpu_ms`` at once, instead of emitting it later.
     """
 
     mode: Mode = "auto"
@@ -56,6 +72,10 @@ class Policy:
     name: str | None = None
     outputs: Outputs = "keep"
     retry: bool = True
+    log: bool | None = None
+    sample: float | None = None
+    memory: Memory = "auto"
+    sync: bool = False
 
     def merged(self, options: Mapping[str, Any]) -> Policy:
         """Return a copy with ``options`` (already checked) applied over this policy."""
@@ -110,6 +130,22 @@ def _modules(value: Any) -> Literal["auto"] | tuple[ModuleSpec, ...]:
     return specs
 
 
+def _optional_flag(value: Any) -> bool | None:
+    return None if value is None else _flag("log")(value)
+
+
+def _sample(value: Any) -> float | None:
+    return None if value is None else check_sample("sample", value)
+
+
+def _memory(value: Any) -> Memory:
+    if value is False:
+        return "off"
+    if value is True:
+        return "auto"
+    return _choice("memory", MEMORY)(value)  # type: ignore[no-any-return]
+
+
 _CHECKS: dict[str, Callable[[Any], Any]] = {
     "mode": _choice("mode", MODES),
     "eval": _flag("eval"),
@@ -117,6 +153,10 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "name": _name,
     "outputs": _choice("outputs", OUTPUTS),
     "retry": _flag("retry"),
+    "log": _optional_flag,
+    "sample": _sample,
+    "memory": _memory,
+    "sync": _flag("sync"),
 }
 assert set(_CHECKS) == {f.name for f in fields(Policy)}
 

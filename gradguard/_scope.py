@@ -12,6 +12,7 @@ from torch import nn
 from ._policy import make_policy
 from ._stack import caller_name
 from ._target import Step, Target, _unwrap
+from ._telemetry import Measure
 
 if TYPE_CHECKING:
     from typing_extensions import Self, Unpack
@@ -68,8 +69,9 @@ class scope:  # used like a function: `with gradguard.scope(model):`
             with _targets_lock:
                 target = _targets.setdefault(key, Target(name, "scope", key_policy, (), None))
         self._target = target
-        self._modules = [_unwrap(m) for m in (*models, *extra)] if policy.eval else []
+        self._modules = [_unwrap(m) for m in (*models, *extra)]
         self._step: Step | None = None
+        self._measure: Measure | None = None
         self._inference = target.inference
 
     def __enter__(self) -> Self:
@@ -80,9 +82,9 @@ class scope:  # used like a function: `with gradguard.scope(model):`
             )
             raise RuntimeError(msg)
         target = self._target
-        target.calls += 1
+        modules, self._measure = target.begin(None, (), {}, self._modules)
         self._inference = target.inference
-        self._step = target.enter(self._modules)
+        self._step = target.enter(modules, self._measure)
         return self
 
     def __exit__(
@@ -94,9 +96,13 @@ class scope:  # used like a function: `with gradguard.scope(model):`
         step, self._step = self._step, None
         if step is None:
             return
-        self._target.leave(step)
-        if exc is not None and self._inference:
-            self._target.should_fall_back(exc, can_retry=False)  # next run: no_grad
+        target, measure = self._target, self._measure
+        try:
+            target.leave(step)
+            if exc is not None and self._inference:
+                target.fall_back(exc, can_retry=False, measure=measure)  # next run: no_grad
+        finally:
+            target.end(measure, exc, None)
 
     async def __aenter__(self) -> Self:
         return self.__enter__()

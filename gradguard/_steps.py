@@ -18,12 +18,17 @@ from torch import nn
 
 from ._outputs import clone_inference_tensors
 from ._target import Target
+from ._telemetry import Measure
 
 __all__ = ["async_generator_call", "coroutine_call", "generator_call"]
 
 
 def _start(
-    target: Target, modules: list[nn.Module], make: Callable[[], Any], send: str
+    target: Target,
+    modules: list[nn.Module],
+    measure: Measure | None,
+    make: Callable[[], Any],
+    send: str,
 ) -> tuple[Any, Any]:
     """Create the body and run its first step; once more under no_grad if auto falls back.
 
@@ -33,15 +38,22 @@ def _start(
     for attempt in (1, 2):
         body = make()
         inference = target.inference
-        step = target.enter(modules)
+        step = target.enter(modules, measure)
         try:
             return body, getattr(body, send)(None)
         except RuntimeError as error:
-            if attempt == 2 or not (inference and target.should_fall_back(error)):
+            if not inference or attempt == 2:
+                raise
+            if target.fall_back(error, measure=measure) != "retry":
                 raise
         finally:
             target.leave(step)
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _late_fall_back(target: Target, error: BaseException, inference: bool, measure: Any) -> None:
+    if inference:  # too late to run it again, but the next call uses no_grad
+        target.fall_back(error, can_retry=False, measure=measure)
 
 
 def generator_call(
@@ -52,30 +64,44 @@ def generator_call(
     kwargs: dict[str, Any],
 ) -> Generator[Any, Any, Any]:
     """Run a generator with the mode on only while its body runs."""
-    target.calls += 1
-    modules = target.modules(instance, args, kwargs)
+    modules, measure = target.begin(instance, args, kwargs)
+    failure: BaseException | None = None
+    result = None
     try:
-        gen, response = _start(target, modules, lambda: wrapped(*args, **kwargs), "send")
-    except StopIteration as stop:
-        return stop.value
-    inference = target.inference
-    try:
-        return (yield from _resume(target, modules, gen, response))
-    except RuntimeError as error:
-        if inference:  # too late to run it again, but the next call uses no_grad
-            target.should_fall_back(error, can_retry=False)
+        try:
+            gen, response = _start(
+                target, modules, measure, lambda: wrapped(*args, **kwargs), "send"
+            )
+        except StopIteration as stop:
+            result = stop.value
+            return result
+        inference = target.inference
+        try:
+            result = yield from _resume(target, modules, measure, gen, response)
+        except RuntimeError as error:
+            _late_fall_back(target, error, inference, measure)
+            raise
+        return result
+    except BaseException as error:
+        failure = None if isinstance(error, GeneratorExit) else error  # closed early: fine
         raise
+    finally:
+        target.end(measure, failure, result)
 
 
 def _resume(
-    target: Target, modules: list[nn.Module], gen: Generator[Any, Any, Any], response: Any
+    target: Target,
+    modules: list[nn.Module],
+    measure: Measure | None,
+    gen: Generator[Any, Any, Any],
+    response: Any,
 ) -> Generator[Any, Any, Any]:
     enter, leave, clone = target.enter, target.leave, target.clone
     while True:
         try:
             request = yield clone_inference_tensors(response) if clone else response
         except GeneratorExit:
-            step = enter(modules)
+            step = enter(modules, measure)
             try:
                 gen.close()
             finally:
@@ -86,7 +112,7 @@ def _resume(
             value = thrown
         else:
             advance, value = gen.send, request
-        step = enter(modules)
+        step = enter(modules, measure)
         try:
             response = advance(value)
         except StopIteration as stop:
@@ -99,20 +125,23 @@ class _Stepped:
     """Await ``inner`` (a coroutine, or an async generator's asend/athrow/aclose) with the
     target's mode entered around each of its steps and left while it is suspended."""
 
-    __slots__ = ("_inner", "_modules", "_target")
+    __slots__ = ("_inner", "_measure", "_modules", "_target")
 
-    def __init__(self, target: Target, modules: list[nn.Module], inner: Any) -> None:
+    def __init__(
+        self, target: Target, modules: list[nn.Module], measure: Measure | None, inner: Any
+    ) -> None:
         self._target = target
         self._modules = modules
+        self._measure = measure
         self._inner = inner
 
     def __await__(self) -> Generator[Any, Any, Any]:
-        inner, modules = self._inner, self._modules
+        inner, modules, measure = self._inner, self._modules, self._measure
         enter, leave = self._target.enter, self._target.leave
         value: Any = None
         thrown: BaseException | None = None
         while True:
-            step = enter(modules)
+            step = enter(modules, measure)
             try:
                 yielded = inner.send(value) if thrown is None else inner.throw(thrown)
             except StopIteration as stop:
@@ -122,7 +151,7 @@ class _Stepped:
             try:
                 value, thrown = (yield yielded), None
             except GeneratorExit:
-                step = enter(modules)
+                step = enter(modules, measure)
                 try:
                     inner.close()
                 finally:
@@ -140,16 +169,22 @@ async def coroutine_call(
     kwargs: dict[str, Any],
 ) -> Any:
     """Await a coroutine with the mode on only while its body runs."""
-    target.calls += 1
-    modules = target.modules(instance, args, kwargs)
+    modules, measure = target.begin(instance, args, kwargs)
     inference = target.inference
     try:
-        result = await _Stepped(target, modules, wrapped(*args, **kwargs))
-    except RuntimeError as error:
-        if not (inference and target.should_fall_back(error)):
-            raise
-        result = await _Stepped(target, modules, wrapped(*args, **kwargs))
-    return clone_inference_tensors(result) if target.clone else result
+        try:
+            result = await _Stepped(target, modules, measure, wrapped(*args, **kwargs))
+        except RuntimeError as error:
+            if not inference or target.fall_back(error, measure=measure) != "retry":
+                raise
+            result = await _Stepped(target, modules, measure, wrapped(*args, **kwargs))
+        if target.clone:
+            result = clone_inference_tensors(result)
+    except BaseException as error:
+        target.end(measure, error, None)
+        raise
+    target.end(measure, None, result)
+    return result
 
 
 async def async_generator_call(
@@ -160,40 +195,45 @@ async def async_generator_call(
     kwargs: dict[str, Any],
 ) -> AsyncGenerator[Any, Any]:
     """Iterate an async generator with the mode on only while its body runs."""
-    target.calls += 1
-    modules = target.modules(instance, args, kwargs)
+    modules, measure = target.begin(instance, args, kwargs)
+    failure: BaseException | None = None
     clone = target.clone
     agen = wrapped(*args, **kwargs)
     inference = target.inference
     try:
-        response = await _Stepped(target, modules, agen.asend(None))
-    except StopAsyncIteration:
-        return
-    except RuntimeError as error:
-        if not (inference and target.should_fall_back(error)):
-            raise
-        agen = wrapped(*args, **kwargs)  # nothing reached the caller yet: start again
         try:
-            response = await _Stepped(target, modules, agen.asend(None))
+            response = await _Stepped(target, modules, measure, agen.asend(None))
         except StopAsyncIteration:
             return
-    inference = target.inference
-    try:
-        while True:
-            try:
-                request = yield clone_inference_tensors(response) if clone else response
-            except GeneratorExit:
-                await _Stepped(target, modules, agen.aclose())
+        except RuntimeError as error:
+            if not inference or target.fall_back(error, measure=measure) != "retry":
                 raise
-            except BaseException as thrown:
-                awaitable = agen.athrow(thrown)
-            else:
-                awaitable = agen.asend(request)
+            agen = wrapped(*args, **kwargs)  # nothing reached the caller yet: start again
             try:
-                response = await _Stepped(target, modules, awaitable)
+                response = await _Stepped(target, modules, measure, agen.asend(None))
             except StopAsyncIteration:
                 return
-    except RuntimeError as error:
-        if inference:  # too late to run it again, but the next call uses no_grad
-            target.should_fall_back(error, can_retry=False)
+        inference = target.inference
+        try:
+            while True:
+                try:
+                    request = yield clone_inference_tensors(response) if clone else response
+                except GeneratorExit:
+                    await _Stepped(target, modules, measure, agen.aclose())
+                    raise
+                except BaseException as thrown:
+                    awaitable = agen.athrow(thrown)
+                else:
+                    awaitable = agen.asend(request)
+                try:
+                    response = await _Stepped(target, modules, measure, awaitable)
+                except StopAsyncIteration:
+                    return
+        except RuntimeError as error:
+            _late_fall_back(target, error, inference, measure)
+            raise
+    except BaseException as error:
+        failure = None if isinstance(error, GeneratorExit) else error  # closed early: fine
         raise
+    finally:
+        target.end(measure, failure, None)

@@ -25,6 +25,7 @@ from ._errors import FallbackWarning
 from ._outputs import clone_inference_tensors
 from ._policy import Policy
 from ._stack import user_stacklevel
+from ._telemetry import Measure, Recorder
 
 __all__ = [
     "ModuleFinder",
@@ -83,6 +84,8 @@ class Target:
         "name",
         "policy",
         "reason",
+        "recorder",
+        "switch",
     )
 
     def __init__(
@@ -98,7 +101,9 @@ class Target:
         self.policy = policy
         self.calls = 0
         self.clone = policy.outputs == "clone"
-        self.find_modules = find_modules if policy.eval else None
+        self.find_modules = find_modules
+        self.switch = policy.eval
+        self.recorder = Recorder(name, policy)
         self._fallback_lock = threading.Lock()
         if policy.mode == "auto":
             need = _modes.grad_need(*code)
@@ -117,14 +122,112 @@ class Target:
         mode: Literal["inference", "no_grad"] = "inference" if self.inference else "no_grad"
         return TargetInfo(self.name, self.kind, mode, self.reason, self.calls, self.policy)
 
-    def modules(self, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Any]:
-        """The modules one call switches to eval (none when ``eval=False``)."""
-        find = self.find_modules
-        return find(instance, args, kwargs) if find is not None else []
+    # -- one plain call ------------------------------------------------------------------
 
-    def enter(self, modules: list[nn.Module]) -> Step:
+    def call(
+        self,
+        fn: Callable[..., Any],
+        instance: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        """Run one plain call of ``fn`` guarded, measured when the call is sampled."""
+        self.calls += 1
+        find = self.find_modules
+        modules = find(instance, args, kwargs) if find is not None else None
+        recorder = self.recorder
+        if not recorder.sampled():
+            return self._run(fn, args, kwargs, modules, None)
+        measure = recorder.begin(self.calls, modules, args, kwargs, self.inference, self.switch)
+        try:
+            result = self._run(fn, args, kwargs, modules, measure)
+        except BaseException as error:
+            recorder.end(measure, self, error)
+            raise
+        recorder.end(measure, self, None, result)
+        return result
+
+    def _run(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        modules: list[nn.Module] | None,
+        measure: Measure | None,
+    ) -> Any:
+        held = _hold(modules) if modules and self.switch else None
+        if held is not None and measure is not None:
+            measure.switched = held.switched
+        inference = self.inference
+        try:
+            # _enter/_leave inlined for the common case: a call costs less than torch's own
+            # decorator only if nothing else is paid on the way.
+            token = _InferenceMode(True) if inference else _enter(False)
+            try:
+                result = fn(*args, **kwargs)
+            finally:
+                if inference:
+                    token.__exit__(None, None, None)
+                else:
+                    _leave(token)
+        except RuntimeError as error:
+            if not inference:
+                raise
+            decision = self.fall_back(error)
+            if decision is None:
+                raise
+            if measure is not None:
+                measure.fallback = True
+                measure.retried = decision == "retry"
+            if decision != "retry":
+                raise
+            # Run it again under no_grad: eval is still held, only the mode changes.
+            token = _enter(False)
+            try:
+                result = fn(*args, **kwargs)
+            finally:
+                _leave(token)
+        finally:
+            if held is not None:
+                _release(held)
+        return clone_inference_tensors(result) if self.clone else result
+
+    # -- calls made of steps: generators, coroutines, blocks ---------------------------
+
+    def begin(
+        self,
+        instance: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        modules: list[nn.Module] | None = None,
+    ) -> tuple[list[nn.Module], Measure | None]:
+        """Start a call made of steps: count it, find its modules, start measuring it.
+
+        Returns the modules each step switches to eval, and the measure (``None`` when
+        the call is not sampled).
+        """
+        self.calls += 1
+        if modules is None:
+            find = self.find_modules
+            modules = find(instance, args, kwargs) if find is not None else []
+        recorder = self.recorder
+        measure = (
+            recorder.begin(self.calls, modules, args, kwargs, self.inference, self.switch)
+            if recorder.sampled()
+            else None
+        )
+        return (modules if self.switch else []), measure
+
+    def end(self, measure: Measure | None, error: BaseException | None, result: Any) -> None:
+        """Finish a call made of steps: emit its event when it was measured."""
+        if measure is not None:
+            self.recorder.end(measure, self, error, result)
+
+    def enter(self, modules: list[nn.Module], measure: Measure | None = None) -> Step:
         """Switch ``modules`` to eval and enter the mode; ``leave`` undoes both."""
         held = _hold(modules) if modules else None
+        if held is not None and measure is not None:
+            measure.switched = max(measure.switched, held.switched)
         try:
             return held, _enter(self.inference)
         except BaseException:
@@ -141,65 +244,30 @@ class Target:
             if held is not None:
                 _release(held)
 
-    def call(
-        self,
-        fn: Callable[..., Any],
-        instance: Any,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-    ) -> Any:
-        """Run one plain call of ``fn`` guarded: the hot path, kept short."""
-        self.calls += 1
-        held = None
-        find = self.find_modules
-        if find is not None:
-            modules = find(instance, args, kwargs)
-            if modules:
-                held = _hold(modules)
-        inference = self.inference
-        try:
-            # _enter/_leave inlined for the common case: a call costs less than torch's own
-            # decorator only if nothing else is paid on the way.
-            token = _InferenceMode(True) if inference else _enter(False)
-            try:
-                result = fn(*args, **kwargs)
-            finally:
-                if inference:
-                    token.__exit__(None, None, None)
-                else:
-                    _leave(token)
-        except RuntimeError as error:
-            if not (inference and self.should_fall_back(error)):
-                raise
-            # Run it again under no_grad: eval is still held, only the mode changes.
-            token = _enter(False)
-            try:
-                result = fn(*args, **kwargs)
-            finally:
-                _leave(token)
-        finally:
-            if held is not None:
-                _release(held)
-        return clone_inference_tensors(result) if self.clone else result
-
-    def should_fall_back(self, error: BaseException, *, can_retry: bool = True) -> bool:
+    def fall_back(
+        self, error: BaseException, *, can_retry: bool = True, measure: Measure | None = None
+    ) -> Literal["retry", "raise"] | None:
         """In auto mode, switch to no_grad for good if ``error`` shows the code needs autograd.
 
-        Warns once per target. Returns whether the failed call should run again under
-        no_grad: only where ``can_retry`` (nothing has reached the caller yet) and the
-        ``retry`` option allow it.
+        Warns once per target. Returns ``None`` when ``error`` is no such error (or the
+        mode is pinned), ``"retry"`` when the failed call should run again under no_grad
+        (nothing has reached the caller yet, and the ``retry`` option allows it), and
+        ``"raise"`` when the error must propagate.
         """
         if self.policy.mode != "auto":
-            return False
+            return None
         reason = _modes.fallback_reason(error)
         if reason is None:
-            return False
+            return None
         with self._fallback_lock:
             first = self.inference
             self.inference = False
             if first:
                 self.reason = f"auto: fell back to no_grad after {type(error).__name__}: {reason}"
         retry = can_retry and self.policy.retry
+        if measure is not None:
+            measure.fallback = True
+            measure.retried = retry
         if first:
             now = "runs it again under no_grad" if retry else "lets the error through"
             msg = (
@@ -209,7 +277,7 @@ class Target:
                 "(or mode='inference' to keep inference mode and see the error)."
             )
             warnings.warn(msg, FallbackWarning, stacklevel=user_stacklevel())
-        return retry
+        return "retry" if retry else "raise"
 
 
 def _unwrap(module: Any) -> nn.Module:

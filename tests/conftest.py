@@ -1,4 +1,4 @@
-"""Shared fixtures: every test starts from torch's default modes and leaves them so."""
+"""Shared fixtures: every test starts from torch's default modes and gradguard's defaults."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 import torch
+
+from gradguard import _config, _telemetry
 
 
 @pytest.fixture(autouse=True)
@@ -16,3 +18,16 @@ def _modes_come_back() -> Iterator[None]:
     yield
     assert torch.is_grad_enabled(), "the test left grad mode off"
     assert not torch.is_inference_mode_enabled(), "the test left inference mode on"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Each test starts from gradguard's defaults, whatever the environment says."""
+    for variable in _config._ENV.values():
+        monkeypatch.delenv(variable, raising=False)
+    _config.reset()
+    _telemetry.reset()
+    yield
+    _telemetry.flush()
+    _config.reset()
+    _telemetry.reset()

@@ -1,0 +1,90 @@
+"""Cost of gradguard's telemetry, beside the bare torch decorator in the same run.
+
+Run: python examples/benchmarks/bench_telemetry.py
+
+Prints the three figures the README quotes: logging off (or the call sampled out) as a
+ratio to ``@torch.inference_mode()``; a full event (time, RSS before/after, one JSON line
+to a file through structlog and orjson) in µs above that decorator; and the overhead of
+full telemetry on a small MLP forward, in percent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import timeit
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+import gradguard
+
+
+def best_us(fn: Callable[[], object], number: int, repeat: int) -> float:
+    """Best time per call over ``repeat`` runs of ``number`` calls, in microseconds."""
+    return min(timeit.repeat(fn, number=number, repeat=repeat)) / number * 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--number", type=int, default=20000, help="calls per repeat")
+    parser.add_argument("--repeat", type=int, default=7, help="repeats; the best is kept")
+    args = parser.parse_args()
+    n, r = args.number, args.repeat
+    torch.set_num_threads(1)
+
+    def noop() -> None:
+        return None
+
+    bare = torch.inference_mode()(noop)
+    quiet = gradguard.infer(log=False, name="bench.off")(noop)
+    sampled_out = gradguard.infer(sample=0.0001, name="bench.sampled")(noop)
+    full = gradguard.infer(name="bench.full")(noop)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        gradguard.configure(log_file=os.path.join(tmp, "calls.jsonl"), seed=0)
+        bare_t = best_us(bare, n, r)
+        off_t = best_us(quiet, n, r)
+        sampled_t = best_us(sampled_out, n, r)
+        full_t = best_us(full, max(n // 4, 1), r)
+
+        mlp = nn.Sequential(nn.Linear(256, 512), nn.ReLU(), nn.Linear(512, 256)).eval()
+        x = torch.randn(32, 256)
+        bare_mlp = torch.inference_mode()(lambda: mlp(x))
+        full_mlp = gradguard.infer(name="bench.mlp")(lambda: mlp(x))
+        m = max(n // 20, 1)
+        mlp_bare = best_us(bare_mlp, m, r)
+        mlp_full = best_us(full_mlp, m, r)
+        with open(os.path.join(tmp, "calls.jsonl"), "rb") as written:
+            lines = sum(1 for _ in written)
+
+    orjson = "orjson" if _has_orjson() else "stdlib json"
+    print(f"torch {torch.__version__}, 1 thread, events rendered with {orjson}")
+    print("no-op call, µs per call, against @torch.inference_mode() in the same run")
+    print(f"  @torch.inference_mode()             {bare_t:7.3f}   1.00x")
+    print(f"  gradguard, logging off              {off_t:7.3f}   {off_t / bare_t:.2f}x")
+    print(f"  gradguard, call sampled out         {sampled_t:7.3f}   {sampled_t / bare_t:.2f}x")
+    print(
+        f"  gradguard, full event to a file     {full_t:7.3f}   "
+        f"+{full_t - bare_t:.2f} µs above the decorator"
+    )
+    print(f"small MLP forward (32x256 -> 512 -> 256), µs per call; {lines} JSON lines written")
+    print(f"  @torch.inference_mode()             {mlp_bare:7.1f}")
+    print(
+        f"  gradguard, full event to a file     {mlp_full:7.1f}   "
+        f"{(mlp_full / mlp_bare - 1) * 100:+.1f}%"
+    )
+
+
+def _has_orjson() -> bool:
+    try:
+        import orjson  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,175 @@
+"""gradguard's own settings: ``gradguard.configure()`` and the ``GRADGUARD_*`` variables.
+
+Nothing here touches the application's logging: without ``log_file`` events go to
+``structlog.get_logger("gradguard")`` and whatever the application configured applies;
+with ``log_file`` they go to gradguard's own JSON-lines file instead, through a logger
+built here and used by gradguard alone. ``structlog.configure()`` is never called.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+__all__ = ["Settings", "configure", "current", "reset"]
+
+Level = Literal["debug", "info", "warning", "error"]
+LEVELS: dict[str, int] = {"debug": 10, "info": 20, "warning": 30, "error": 40}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The process-wide defaults; per-target options override them.
+
+    Attributes:
+        enabled: emit a ``gradguard.call`` event per call.
+        log_file: write events as JSON lines to this path (``{pid}`` and ``{rank}`` are
+            filled in) instead of to ``structlog.get_logger("gradguard")``.
+        sample: fraction of calls that emit an event (counters count every call).
+        seed: seed of the sampling, so the same calls are sampled run after run.
+        level: the lowest level emitted: calls are ``"info"``, failed calls ``"error"``.
+    """
+
+    enabled: bool = True
+    log_file: str | None = None
+    sample: float = 1.0
+    seed: int | None = None
+    level: Level = "info"
+
+
+def _flag(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    if isinstance(value, str) and value.strip().lower() in ("0", "false", "no", "off", ""):
+        return False
+    msg = f"{name} must be true or false (1/0, yes/no, on/off); got {value!r}"
+    raise ValueError(msg)
+
+
+def check_sample(name: str, value: Any) -> float:
+    """Return ``value`` as a sampling fraction in [0, 1], or raise naming ``name``."""
+    try:
+        fraction = float(value)
+    except (TypeError, ValueError):
+        fraction = -1.0
+    if isinstance(value, bool) or not 0.0 <= fraction <= 1.0:
+        msg = f"{name} must be a fraction between 0 and 1 (0.01 logs 1 call in 100); got {value!r}"
+        raise ValueError(msg)
+    return fraction
+
+
+def _level(name: str, value: Any) -> Level:
+    if value not in LEVELS:
+        msg = f"{name} must be one of {', '.join(map(repr, LEVELS))}; got {value!r}"
+        raise ValueError(msg)
+    return value  # type: ignore[no-any-return]
+
+
+def _path(name: str, value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, (str, os.PathLike)):
+        msg = f"{name} must be a path or None; got {value!r}"
+        raise TypeError(msg)
+    return os.fspath(value)
+
+
+def _seed(name: str, value: Any) -> int | None:
+    if value is None or value == "":
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        msg = f"{name} must be an integer or None; got {value!r}"
+        raise ValueError(msg) from None
+
+
+_CHECKS: dict[str, Callable[[str, Any], Any]] = {
+    "enabled": _flag,
+    "log_file": _path,
+    "sample": check_sample,
+    "seed": _seed,
+    "level": _level,
+}
+_ENV = {
+    "enabled": "GRADGUARD_ENABLED",
+    "log_file": "GRADGUARD_LOG_FILE",
+    "sample": "GRADGUARD_SAMPLE",
+    "seed": "GRADGUARD_SEED",
+    "level": "GRADGUARD_LEVEL",
+}
+
+
+def _from_environment() -> Settings:
+    found = {}
+    for key, variable in _ENV.items():
+        value = os.environ.get(variable)
+        if value is not None:
+            found[key] = _CHECKS[key](variable, value)
+    return Settings(**found)
+
+
+_lock = threading.Lock()
+_current: Settings | None = None
+_generation = 0  # bumped on every change, so per-target caches know to refresh
+
+
+def current() -> Settings:
+    """The settings in force: the environment's, then what ``configure`` changed."""
+    global _current
+    settings = _current
+    if settings is None:
+        with _lock:
+            if _current is None:
+                _current = _from_environment()
+            settings = _current
+    return settings
+
+
+def generation() -> int:
+    """A number that changes whenever the settings do."""
+    return _generation
+
+
+def configure(**options: Any) -> Settings:
+    """Set gradguard's own telemetry settings for this process; return the new settings.
+
+    Options: ``enabled`` (bool), ``log_file`` (path, may hold ``{pid}`` and ``{rank}``;
+    ``None`` sends events to ``structlog.get_logger("gradguard")`` again), ``sample``
+    (fraction of calls that emit an event), ``seed`` (makes sampling reproducible) and
+    ``level`` (``"info"`` or ``"error"`` for failed calls only). Options left out keep
+    their value; the environment variables ``GRADGUARD_ENABLED``, ``GRADGUARD_LOG_FILE``,
+    ``GRADGUARD_SAMPLE``, ``GRADGUARD_SEED`` and ``GRADGUARD_LEVEL`` give the starting
+    values. Per-target options (``sample=``, ``log=``) override these.
+
+    Example::
+
+        gradguard.configure(log_file="calls-{rank}.jsonl", sample=0.1)
+    """
+    global _current, _generation
+    checked: dict[str, Any] = {}
+    for key, value in options.items():
+        check = _CHECKS.get(key)
+        if check is None:
+            valid = ", ".join(sorted(_CHECKS))
+            msg = f"configure() got an unknown option {key!r}. Valid options: {valid}."
+            raise TypeError(msg)
+        checked[key] = check(key, value)
+    with _lock:
+        base = _current if _current is not None else _from_environment()
+        _current = replace(base, **checked)
+        _generation += 1
+        return _current
+
+
+def reset() -> None:
+    """Forget ``configure()`` calls and read the environment again (for tests)."""
+    global _current, _generation
+    with _lock:
+        _current = None
+        _generation += 1

@@ -1,0 +1,475 @@
+"""One structured event per guarded call: how long it took and what memory it used.
+
+Events go through structlog, never around it: to ``structlog.get_logger("gradguard")``,
+so the application's configuration (processors, renderers, the stdlib bridge) applies,
+or, with ``gradguard.configure(log_file=...)``, to gradguard's own JSON-lines file through
+a logger built for it alone. Nothing a logger does can break the call it describes: any
+error while measuring or emitting is swallowed, and reported once with a
+``TelemetryWarning``.
+
+On CUDA, kernels run after the host has moved on, so the device time of a call is taken
+from CUDA events recorded on the current stream, and its event is emitted once the end
+event has completed: at a later call, at ``gradguard.flush()`` or at exit (``sync=True``
+waits for it instead).
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import random
+import socket
+import threading
+import time
+import warnings
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+import structlog
+import torch
+
+from . import _config
+from ._errors import TelemetryWarning
+from ._memory import Probe, probe_for
+from ._outputs import any_tensor
+from ._stack import user_stacklevel
+
+if TYPE_CHECKING:
+    from ._policy import Policy
+
+__all__ = ["Measure", "Recorder", "capture_events", "flush"]
+
+SCHEMA = 1
+CALL_EVENT = "gradguard.call"
+
+_HOST = socket.gethostname()
+_logger = structlog.get_logger("gradguard")
+_Tensor = torch.Tensor
+_perf_ns = time.perf_counter_ns
+_time = time.time
+
+
+def _serializer() -> Any:
+    try:
+        import orjson
+    except ImportError:  # the stdlib renders the same JSON, about twice as slowly
+        import json
+
+        def dumps(obj: Any, default: Any = None, **_: Any) -> bytes:
+            return json.dumps(obj, default=default, separators=(",", ":")).encode()
+
+        return dumps
+    return orjson.dumps
+
+
+_dumps = _serializer()
+
+_stamp: tuple[int, str] = (0, "")
+
+
+def _timestamp(now: float) -> str:
+    """ISO 8601 UTC with microseconds; the date and time of day are formatted once a second."""
+    global _stamp
+    second = int(now)
+    cached = _stamp
+    if cached[0] != second:
+        cached = _stamp = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+    return f"{cached[1]}.{int((now - second) * 1_000_000):06d}Z"
+
+
+_distributed: tuple[int, int] | None = None
+_NO_RANK: tuple[None, None] = (None, None)
+_dist_initialized = (
+    torch.distributed.is_initialized if torch.distributed.is_available() else lambda: False
+)
+
+
+def _rank() -> tuple[int | None, int | None]:
+    """(rank, world size) once torch.distributed is initialised, else (None, None)."""
+    global _distributed
+    if _distributed is not None:
+        return _distributed
+    if _dist_initialized():
+        _distributed = (torch.distributed.get_rank(), torch.distributed.get_world_size())
+        return _distributed
+    return _NO_RANK
+
+
+_pid = os.getpid()
+
+
+def _forked() -> None:
+    # A forked worker (a DataLoader's, say) is another process: its pid, its own file.
+    global _pid, _distributed
+    _pid = os.getpid()
+    _distributed = None
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
+# --- where events go ------------------------------------------------------------------
+
+
+class _FileSink:
+    """gradguard's own JSON-lines output, through structlog's pieces without their dispatch.
+
+    structlog's ``merge_contextvars`` and ``JSONRenderer`` (orjson when installed) run on
+    the event, and structlog's ``BytesLogger`` writes it, one unbuffered ``write`` per line:
+    processes sharing a file append whole lines. A ``BoundLogger`` in between would cost
+    more than everything else gradguard does per call.
+    """
+
+    def __init__(self, template: str) -> None:
+        rank = _rank()[0]
+        if rank is None:
+            rank = int(os.environ.get("RANK", "0") or 0)
+        self.template = template
+        self.pid = os.getpid()
+        self.path = template.format(pid=self.pid, rank=rank)
+        directory = os.path.dirname(self.path)
+        if directory:
+            os.makedirs(directory, exist_ok=True)
+        self.file = open(self.path, "ab", buffering=0)  # noqa: SIM115 - lives with the sink
+        self.logger = structlog.BytesLogger(self.file)
+        self.merge = structlog.contextvars.merge_contextvars
+        self.render = structlog.processors.JSONRenderer(serializer=_dumps)
+
+    def write(self, level: str, event: str, fields: dict[str, Any]) -> None:
+        fields["event"] = event
+        logger = self.logger
+        line = self.render(logger, level, self.merge(logger, level, fields))
+        logger.msg(line if isinstance(line, bytes) else line.encode())
+
+
+_sink: _FileSink | None = None
+_sink_lock = threading.Lock()
+
+
+def _file_sink(template: str) -> _FileSink:
+    global _sink
+    sink = _sink
+    # A new file after configure() changed it, and in a forked worker (its own {pid}).
+    if sink is None or sink.template != template or sink.pid != _pid:
+        with _sink_lock:
+            sink = _sink
+            if sink is None or sink.template != template or sink.pid != _pid:
+                if sink is not None and sink.pid == _pid:
+                    sink.file.close()  # configure() named another file
+                sink = _sink = _FileSink(template)
+    return sink
+
+
+_captures: list[list[dict[str, Any]]] = []
+_warned = False
+
+
+def _warn_once(error: BaseException) -> None:
+    global _warned
+    if _warned:
+        return
+    _warned = True
+    msg = (
+        f"gradguard could not log a call ({type(error).__name__}: {error}); the call "
+        "itself went on. Further logging errors are not reported. Check the log_file "
+        "(gradguard.configure) or the structlog configuration; gradguard.configure("
+        "enabled=False) turns logging off."
+    )
+    warnings.warn(msg, TelemetryWarning, stacklevel=user_stacklevel())
+
+
+def emit(event: str, level: str, fields: dict[str, Any]) -> None:
+    """Send one event to the capture, gradguard's file, or structlog; never raise."""
+    try:
+        if _captures:
+            captured = {"event": event, **structlog.contextvars.get_contextvars(), **fields}
+            _captures[-1].append(captured)
+            return
+        settings = _config.current()
+        if _config.LEVELS[level] < _config.LEVELS[settings.level]:
+            return
+        if settings.log_file:
+            _file_sink(settings.log_file).write(level, event, fields)
+        else:
+            getattr(_logger, level)(event, **fields)
+    except Exception as error:
+        _warn_once(error)
+
+
+@contextmanager
+def capture_events() -> Iterator[list[dict[str, Any]]]:
+    """Collect gradguard's events in a list instead of logging them (for tests).
+
+    Events are complete dicts, with ``event`` and anything bound with
+    ``structlog.contextvars``; events still waiting for a CUDA device time are flushed
+    into the list when the block ends.
+
+    Example::
+
+        with gradguard.testing.capture_events() as events:
+            predict(model, x)
+        assert events[0]["mode"] == "inference"
+    """
+    captured: list[dict[str, Any]] = []
+    _captures.append(captured)
+    try:
+        yield captured
+    finally:
+        try:
+            flush()
+        finally:
+            _captures.remove(captured)
+
+
+# --- measuring one call -----------------------------------------------------------------
+
+
+class Measure:
+    """What is known about one sampled call while it runs."""
+
+    __slots__ = (
+        "call",
+        "device",
+        "events",
+        "fallback",
+        "inference",
+        "probe",
+        "probe_state",
+        "retried",
+        "start_ns",
+        "switched",
+        "training",
+        "wall",
+    )
+
+    def __init__(
+        self, call: int, inference: bool, training: int, device: torch.device | None, probe: Probe
+    ) -> None:
+        self.call = call
+        self.inference = inference
+        self.training = training
+        self.device = device
+        self.probe = probe
+        self.switched = 0
+        self.fallback = False
+        self.retried = False
+        self.events: tuple[Any, Any] | None = None
+        self.wall = 0.0
+        self.probe_state: Any = None
+        self.start_ns = 0
+
+
+def _first_tensor(values: Any) -> torch.Tensor | None:
+    for value in values:
+        if isinstance(value, _Tensor):
+            return value
+        if isinstance(value, (list, tuple)):
+            for item in value:
+                if isinstance(item, _Tensor):
+                    return item
+        elif isinstance(value, dict):
+            for item in value.values():
+                if isinstance(item, _Tensor):
+                    return item
+    return None
+
+
+def _device_of(args: Any, kwargs: Any, modules: Any) -> torch.device | None:
+    tensor = _first_tensor(args)
+    if tensor is None and kwargs:
+        tensor = _first_tensor(kwargs.values())
+    if tensor is not None:
+        return tensor.device
+    for module in modules or ():
+        for tensor in module.parameters():
+            return tensor.device  # type: ignore[no-any-return]
+        for tensor in module.buffers():
+            return tensor.device  # type: ignore[no-any-return]
+    return None
+
+
+_pending: list[tuple[Measure, dict[str, Any], str]] = []
+_pending_lock = threading.Lock()
+_atexit_registered = False
+
+
+def _register_atexit() -> None:
+    global _atexit_registered
+    if not _atexit_registered:
+        _atexit_registered = True
+        atexit.register(flush)
+
+
+def _drain(block: bool) -> None:
+    """Emit the events whose CUDA end event has completed (all of them with ``block``)."""
+    with _pending_lock:
+        ready = []
+        waiting = []
+        for item in _pending:
+            end = item[0].events[1]  # type: ignore[index]
+            if block or end.query():
+                ready.append(item)
+            else:
+                waiting.append(item)
+        _pending[:] = waiting
+    for measure, fields, level in ready:
+        try:
+            start, end = measure.events  # type: ignore[misc]
+            end.synchronize()
+            fields["gpu_ms"] = start.elapsed_time(end)
+        except Exception as error:
+            _warn_once(error)
+        emit(CALL_EVENT, level, fields)
+
+
+def flush() -> None:
+    """Emit every event still waiting for its CUDA device time, waiting for the device."""
+    if _pending:
+        _drain(block=True)
+
+
+class Recorder:
+    """Decides, per target, whether a call is measured, and measures it."""
+
+    __slots__ = (
+        "_active",
+        "_generation",
+        "_memory",
+        "_policy",
+        "_rng",
+        "_sample",
+        "_seed_name",
+        "_sync",
+    )
+
+    def __init__(self, name: str, policy: Policy) -> None:
+        self._policy = policy
+        self._generation = -1
+        self._active = False
+        self._sample = 1.0
+        self._memory = policy.memory
+        self._sync = policy.sync
+        self._rng = random.Random()
+        self._seed_name = name
+
+    def _refresh(self) -> None:
+        settings = _config.current()
+        policy = self._policy
+        self._generation = _config.generation()
+        self._active = settings.enabled if policy.log is None else policy.log
+        self._sample = settings.sample if policy.sample is None else policy.sample
+        if settings.seed is not None:  # the same calls of this target, run after run
+            self._rng.seed(settings.seed ^ zlib.crc32(self._seed_name.encode()))
+
+    def sampled(self) -> bool:
+        """Whether this call emits an event: the whole cost of a call that does not."""
+        if self._generation != _config._generation:
+            self._refresh()
+        if not self._active:
+            return False
+        sample = self._sample
+        return sample >= 1.0 or self._rng.random() < sample
+
+    def begin(
+        self, call: int, modules: Any, args: Any, kwargs: Any, inference: bool, switch: bool
+    ) -> Measure | None:
+        """Start measuring a sampled call; ``None`` if measuring failed (never raises).
+
+        ``switch`` says whether the call switches its modules to eval; if not, those in
+        training mode are counted (``training_modules``).
+        """
+        try:
+            if _pending:
+                _drain(block=False)
+            device = _device_of(args, kwargs, modules)
+            probe = probe_for(device, self._memory)
+            training = 0 if switch else sum(1 for m in modules or () if m.training)
+            measure = Measure(call, inference, training, device, probe)
+            if device is not None and device.type == "cuda":
+                stream = torch.cuda.current_stream(device)
+                start = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
+                start.record(stream)
+                end = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
+                measure.events = (start, end)
+            measure.wall = _time()
+            measure.probe_state = probe.start()
+            measure.start_ns = _perf_ns()
+            return measure
+        except Exception as error:
+            _warn_once(error)
+            return None
+
+    def end(
+        self,
+        measure: Measure | None,
+        target: Any,
+        error: BaseException | None,
+        result: Any = None,
+    ) -> None:
+        """Finish measuring and emit the event (or queue it for its CUDA time)."""
+        if measure is None:
+            return
+        try:
+            wall_ns = _perf_ns() - measure.start_ns
+            before, after, peak = measure.probe.stop(measure.probe_state)
+            rank, world_size = _rank()
+            device = measure.device
+            ran_inference = measure.inference and not measure.retried
+            status = "ok" if error is None else "error"
+            fields: dict[str, Any] = {
+                "schema": SCHEMA,
+                "timestamp": _timestamp(measure.wall),
+                "level": "info" if error is None else "error",
+                "target": target.name,
+                "kind": target.kind,
+                "mode": "inference" if ran_inference else "no_grad",
+                "fallback": measure.fallback,
+                "status": status,
+                "wall_ms": wall_ns / 1e6,
+                "gpu_ms": None,
+                "device": None if device is None else str(device),
+                "mem_kind": measure.probe.kind,
+                "mem_before_bytes": before,
+                "mem_after_bytes": after,
+                "mem_peak_bytes": peak,
+                "eval_switched": measure.switched,
+                "call": measure.call,
+                "pid": _pid,
+                "host": _HOST,
+                "thread": threading.current_thread().name,
+                "rank": rank,
+                "world_size": world_size,
+                "grad_recorded": result is not None and any_tensor(result, _records_grad),
+                "training_modules": measure.training,
+            }
+            if error is not None:
+                fields["error"] = f"{type(error).__name__}: {error}"
+            level = fields["level"]
+            if measure.events is not None:
+                start, end = measure.events
+                end.record(torch.cuda.current_stream(device))
+                if self._sync:
+                    end.synchronize()
+                    fields["gpu_ms"] = start.elapsed_time(end)
+                else:
+                    with _pending_lock:
+                        _pending.append((measure, fields, level))
+                    _register_atexit()
+                    return
+        except Exception as failure:
+            _warn_once(failure)
+            return
+        emit(CALL_EVENT, level, fields)
+
+
+def _records_grad(tensor: torch.Tensor) -> bool:
+    return tensor.requires_grad
+
+
+def reset() -> None:
+    """Forget warnings given and files opened (for tests)."""
+    global _warned, _sink
+    _warned = False
+    _sink = None
