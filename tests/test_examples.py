@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -33,12 +32,26 @@ def test_quickstart_example_runs() -> None:
     assert "saliency runs under: no_grad" in result.stdout
 
 
-def test_core_benchmark_runs_at_a_tiny_size(capsys: pytest.CaptureFixture[str]) -> None:
-    argv = sys.argv
-    sys.argv = ["bench_core.py", "--number", "200", "--repeat", "1"]
-    try:
-        runpy.run_path(str(ROOT / "examples" / "benchmarks" / "bench_core.py"), run_name="__main__")
-    finally:
-        sys.argv = argv
-    out = capsys.readouterr().out
-    assert "@gradguard.infer" in out and "model.eval(); model.train()" in out
+@pytest.mark.parametrize(
+    ("script", "expected"),
+    [
+        ("bench_core.py", "model.eval(); model.train()"),
+        ("bench_telemetry.py", "full event to a file"),
+    ],
+)
+def test_benchmarks_run_at_a_tiny_size(script: str, expected: str) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "examples" / "benchmarks" / script),
+            "--number",
+            "200",
+            "--repeat",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert expected in result.stdout
+    assert "@torch.inference_mode()" in result.stdout

@@ -9,18 +9,12 @@ Each figure is the best of several repeats of many calls (timeit's advice for no
 from __future__ import annotations
 
 import argparse
-import timeit
-from collections.abc import Callable
 
 import torch
+from _timing import best_us  # beside this script
 from torch import nn
 
 import gradguard
-
-
-def best_us(fn: Callable[[], object], number: int, repeat: int) -> float:
-    """Best time per call over ``repeat`` runs of ``number`` calls, in microseconds."""
-    return min(timeit.repeat(fn, number=number, repeat=repeat)) / number * 1e6
 
 
 def deep_model(blocks: int = 100) -> nn.Module:

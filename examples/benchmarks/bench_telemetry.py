@@ -13,18 +13,12 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
-import timeit
-from collections.abc import Callable
 
 import torch
+from _timing import best_us  # beside this script
 from torch import nn
 
 import gradguard
-
-
-def best_us(fn: Callable[[], object], number: int, repeat: int) -> float:
-    """Best time per call over ``repeat`` runs of ``number`` calls, in microseconds."""
-    return min(timeit.repeat(fn, number=number, repeat=repeat)) / number * 1e6
 
 
 def main() -> None:
