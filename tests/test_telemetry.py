@@ -403,3 +403,24 @@ def test_cuda_event_gets_device_time_later_or_at_once_with_sync() -> None:
         assert event["device"] == "cuda:0"
         assert event["mem_kind"] == "allocator"
         assert event["gpu_ms"] is not None and event["gpu_ms"] >= 0
+
+
+def _rank_worker(rank: int, init_file: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        predict(nn.Linear(2, 2), torch.ones(1, 2))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ranks_tag_their_events_and_write_their_own_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Spawned processes (torchrun's, torch.multiprocessing's) read the environment.
+    monkeypatch.setenv("GRADGUARD_LOG_FILE", str(tmp_path / "rank{rank}.jsonl"))
+    torch.multiprocessing.spawn(_rank_worker, args=(str(tmp_path / "init"),), nprocs=2)
+    for rank in (0, 1):
+        (event,) = read_lines(tmp_path / f"rank{rank}.jsonl")
+        assert (valid(event)["rank"], event["world_size"]) == (rank, 2)
