@@ -16,6 +16,7 @@ an outer call already switched switches nothing.
 from __future__ import annotations
 
 import threading
+from threading import get_ident
 
 from torch import nn
 
@@ -91,26 +92,54 @@ def _restore(entry: _Held) -> None:
         _set_flag(descendant, "training", flag and id(descendant) not in _held)
 
 
+def _in_use_below(module: nn.Module) -> bool:
+    """Whether a call in another thread is running on a part of ``module``.
+
+    Everything a call holds lies below its roots, so the roots are enough to look at. In
+    this thread, an outer call on a part is suspended while the inner one leaves, so the
+    part's flag may change and come back before it runs again.
+    """
+    me = get_ident()
+    for descendant in submodules(module)[1:]:
+        threads = _in_use.get(id(descendant))
+        if threads is not None and (len(threads) > 1 or me not in threads):
+            return True
+    return False
+
+
 class Hold:
     """What one call switched and holds; give it back with ``release``."""
 
-    __slots__ = ("switched", "taken")
+    __slots__ = ("roots", "switched", "taken", "thread")
 
-    def __init__(self) -> None:
+    def __init__(self, roots: list[nn.Module]) -> None:
+        self.roots = roots
+        self.thread = get_ident()
         self.taken: list[_Held] = []
         self.switched = 0
 
 
-def hold(roots: list[nn.Module]) -> Hold | None:
+# Roots of the calls running now, counted per thread: a class's own train(True) on the way
+# back resets every descendant for a moment, so it waits while a call in another thread
+# runs on a part of the module.
+_in_use: dict[int, dict[int, int]] = {}
+_deferred: list[_Held] = []
+
+
+def hold(roots: list[nn.Module]) -> Hold:
     """Switch every training module below ``roots`` to eval; return the handle for ``release``.
 
-    Returns ``None`` when nothing was in training mode and no other call holds anything:
-    the common case of a model kept in eval costs one walk over its flags.
+    When nothing is in training mode and no other call holds anything (the common case of
+    a model kept in eval) this costs one walk over the flags.
     """
     with _lock:
+        handle = Hold(roots)
+        thread = handle.thread
+        for root in roots:
+            threads = _in_use.setdefault(id(root), {})
+            threads[thread] = threads.get(thread, 0) + 1
         if not _held and not _any_training(roots):
-            return None
-        handle = Hold()
+            return handle
         taken = handle.taken
         try:
             for root in roots:
@@ -121,6 +150,8 @@ def hold(roots: list[nn.Module]) -> Hold | None:
                     key = id(module)
                     entry = _held.get(key)
                     if entry is not None:
+                        if entry.count == 0:  # waiting to be restored: in eval, take it back
+                            _deferred.remove(entry)
                         entry.count += 1
                         taken.append(entry)
                     elif was_training:
@@ -129,21 +160,40 @@ def hold(roots: list[nn.Module]) -> Hold | None:
                         handle.switched += 1
                         _switch_to_eval(module, entry)
         except BaseException:
-            _release_locked(taken)
+            _release_locked(handle)
             raise
         return handle
 
 
-def _release_locked(taken: list[_Held]) -> None:
+def _release_locked(handle: Hold) -> None:
+    thread = handle.thread
+    for root in handle.roots:
+        key = id(root)
+        threads = _in_use[key]
+        count = threads[thread] - 1
+        if count:
+            threads[thread] = count
+        elif len(threads) > 1:
+            del threads[thread]
+        else:
+            del _in_use[key]
     done = []
-    for entry in taken:
+    for entry in handle.taken:
         entry.count -= 1
         if entry.count == 0:
-            del _held[id(entry.module)]
             done.append(entry)
+    if not done and not _deferred:
+        return
     # Parents before children: a parent's own train() must not undo a child's flag.
     errors: list[BaseException] = []
-    for entry in done:
+    for entry in [*_deferred, *done]:
+        if entry.flags is not None and _in_use_below(entry.module):
+            if entry not in _deferred:
+                _deferred.append(entry)
+            continue
+        if entry in _deferred:
+            _deferred.remove(entry)
+        del _held[id(entry.module)]
         try:
             _restore(entry)
         except Exception as error:  # keep restoring the others, then report
@@ -155,4 +205,4 @@ def _release_locked(taken: list[_Held]) -> None:
 def release(handle: Hold) -> None:
     """Give back what ``hold`` took: modules no other call holds get their flag back."""
     with _lock:
-        _release_locked(handle.taken)
+        _release_locked(handle)

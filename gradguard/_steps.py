@@ -22,6 +22,12 @@ from ._telemetry import Measure
 
 __all__ = ["async_generator_call", "coroutine_call", "generator_call"]
 
+# The bodies gradguard is driving. Held here, a body is never garbage itself: when its
+# wrapper is collected (in a reference cycle, say), the wrapper's close runs first and
+# closes the body under the mode; collected on its own, the body's cleanup would run
+# unguarded.
+_running: set[Any] = set()
+
 
 def _start(
     target: Target,
@@ -76,11 +82,14 @@ def generator_call(
             result = stop.value
             return result
         inference = target.inference
+        _running.add(gen)
         try:
             result = yield from _resume(target, modules, measure, gen, response)
         except RuntimeError as error:
             _late_fall_back(target, error, inference, measure)
             raise
+        finally:
+            _running.discard(gen)
         return result
     except BaseException as error:
         failure = None if isinstance(error, GeneratorExit) else error  # closed early: fine
@@ -140,25 +149,29 @@ class _Stepped:
         enter, leave = self._target.enter, self._target.leave
         value: Any = None
         thrown: BaseException | None = None
-        while True:
-            step = enter(modules, measure)
-            try:
-                yielded = inner.send(value) if thrown is None else inner.throw(thrown)
-            except StopIteration as stop:
-                return stop.value
-            finally:
-                leave(step)
-            try:
-                value, thrown = (yield yielded), None
-            except GeneratorExit:
+        _running.add(inner)
+        try:
+            while True:
                 step = enter(modules, measure)
                 try:
-                    inner.close()
+                    yielded = inner.send(value) if thrown is None else inner.throw(thrown)
+                except StopIteration as stop:
+                    return stop.value
                 finally:
                     leave(step)
-                raise
-            except BaseException as error:  # cancellation included: the body sees it
-                value, thrown = None, error
+                try:
+                    value, thrown = (yield yielded), None
+                except GeneratorExit:
+                    step = enter(modules, measure)
+                    try:
+                        inner.close()
+                    finally:
+                        leave(step)
+                    raise
+                except BaseException as error:  # cancellation included: the body sees it
+                    value, thrown = None, error
+        finally:
+            _running.discard(inner)
 
 
 async def coroutine_call(
@@ -200,6 +213,7 @@ async def async_generator_call(
     clone = target.clone
     agen = wrapped(*args, **kwargs)
     inference = target.inference
+    _running.add(agen)
     try:
         try:
             response = await _Stepped(target, modules, measure, agen.asend(None))
@@ -208,7 +222,9 @@ async def async_generator_call(
         except RuntimeError as error:
             if not inference or target.fall_back(error, measure=measure) != "retry":
                 raise
+            _running.discard(agen)
             agen = wrapped(*args, **kwargs)  # nothing reached the caller yet: start again
+            _running.add(agen)
             try:
                 response = await _Stepped(target, modules, measure, agen.asend(None))
             except StopAsyncIteration:
@@ -236,4 +252,5 @@ async def async_generator_call(
         failure = None if isinstance(error, GeneratorExit) else error  # closed early: fine
         raise
     finally:
+        _running.discard(agen)
         target.end(measure, failure, None)

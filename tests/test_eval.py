@@ -84,8 +84,10 @@ def test_fast_path_does_not_call_train_on_plain_modules() -> None:
 
 def test_module_already_in_eval_is_not_held() -> None:
     model = nn.Sequential(nn.Linear(1, 1)).eval()
-    assert _eval.hold([model]) is None
-    assert _eval._held == {}
+    handle = _eval.hold([model])
+    assert (handle.taken, handle.switched, _eval._held) == ([], 0, {})
+    _eval.release(handle)
+    assert _eval._in_use == {}
 
 
 def test_nested_calls_on_one_module_switch_once() -> None:
@@ -110,7 +112,6 @@ def test_overlapping_roots_restore_in_any_order() -> None:
     before = flags(model)
     outer = _eval.hold([model])  # as two threads would, one on the model, one on a part
     inner = _eval.hold([sub])
-    assert outer is not None and inner is not None
     _eval.release(outer)  # released out of order: sub is still held
     assert not sub.training and not sub[0].training
     _eval.release(inner)
