@@ -1,0 +1,285 @@
+"""Find, open and read gradguard logs as batches of raw lines.
+
+Inputs are plain or gzip-compressed JSON-lines files (gzip is recognised by its
+magic bytes, whatever the name), glob patterns expanded here rather than by
+the shell, and ``-`` for standard input. Files are read in binary, in large
+chunks, and handed on as lists of lines so that the per-line work stays in
+one tight loop (see ``_summary.Collector.feed``).
+
+Example:
+    >>> from gradguard._audit._reader import expand_inputs
+    >>> expand_inputs(["-"])
+    ['-']
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import json
+import os
+import sys
+import time
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from typing import IO, Any, Protocol
+
+__all__ = [
+    "CHUNK_BYTES",
+    "JSON_BACKEND",
+    "MAX_LINE_BYTES",
+    "OVERSIZED_LINE",
+    "InputError",
+    "Progress",
+    "expand_inputs",
+    "iter_line_batches",
+    "loads",
+    "total_size",
+]
+
+CHUNK_BYTES = 1 << 20
+"""Bytes read at a time; a batch holds the complete lines of one chunk."""
+
+MAX_LINE_BYTES = 16 << 20
+"""Longer lines are not kept whole; :data:`OVERSIZED_LINE` stands in for each."""
+
+OVERSIZED_LINE = b"\x00<line longer than MAX_LINE_BYTES>"
+"""Placeholder yielded for an over-long line; it never decodes, so it is skipped."""
+
+_GZIP_MAGIC = b"\x1f\x8b"
+_GLOB_CHARS = frozenset("*?[")
+
+
+def _reject_constant(name: str) -> Any:
+    # json accepts NaN and Infinity, which are not JSON; orjson rejects them.
+    # Rejecting them here too makes both backends skip the same lines.
+    msg = f"{name} is not valid JSON"
+    raise ValueError(msg)
+
+
+def _make_loads() -> tuple[Callable[[bytes], Any], str]:
+    try:
+        import orjson
+    except ImportError:
+        decode = json.JSONDecoder(parse_constant=_reject_constant).decode
+
+        def loads(line: bytes) -> Any:
+            return decode(line.decode("utf-8"))
+
+        return loads, "json"
+    return orjson.loads, "orjson"
+
+
+loads, JSON_BACKEND = _make_loads()
+"""Decode one JSON document from bytes; ``JSON_BACKEND`` is "orjson" or "json".
+
+Both raise ``ValueError`` (or ``RecursionError`` for absurd nesting with json)
+on anything that is not JSON.
+"""
+
+
+class _Readable(Protocol):
+    def read(self, size: int = -1, /) -> bytes: ...
+    def close(self) -> None: ...
+
+
+class InputError(Exception):
+    """An input cannot be read: missing file, glob matching nothing, bad gzip.
+
+    The CLI turns it into exit status 2; the message names the input and says
+    what to do.
+    """
+
+
+def expand_inputs(patterns: Sequence[str]) -> list[str]:
+    """Expand files and glob patterns into a list of paths, in order, without repeats.
+
+    ``-`` stands for standard input. A name that exists is taken literally,
+    even if it contains glob characters; otherwise a pattern with ``*``, ``?``
+    or ``[`` is expanded (``**`` recurses) and sorted.
+
+    Raises:
+        InputError: a file is missing, is a directory, or a glob matches nothing.
+    """
+    paths: list[str] = []
+    seen: set[str] = set()
+    for pattern in patterns:
+        if pattern == "-" or os.path.isfile(pattern):
+            matches = [pattern]
+        elif os.path.isdir(pattern):
+            msg = (
+                f"{pattern!r} is a directory; pass the log files inside it, "
+                f"e.g. '{os.path.join(pattern, '*.jsonl')}' (quoted)"
+            )
+            raise InputError(msg)
+        elif _GLOB_CHARS.intersection(pattern):
+            matches = sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
+            if not matches:
+                msg = f"no file matches the pattern {pattern!r}; check the path and the quoting"
+                raise InputError(msg)
+        else:
+            msg = f"no such file: {pattern!r}; check the path, or pass - to read standard input"
+            raise InputError(msg)
+        for path in matches:
+            if path not in seen:
+                seen.add(path)
+                paths.append(path)
+    return paths
+
+
+class Progress:
+    """A one-line progress indicator on a terminal; silent elsewhere.
+
+    It only draws when ``stream`` is a TTY and either the known input size
+    exceeds ``min_bytes`` or reading has taken longer than ``min_seconds``.
+    It redraws at most ten times a second.
+    """
+
+    def __init__(
+        self,
+        total_bytes: int | None,
+        stream: IO[str] | None = None,
+        *,
+        min_bytes: int = 5 << 20,
+        min_seconds: float = 1.0,
+    ) -> None:
+        self._stream = sys.stderr if stream is None else stream
+        self._enabled = _isatty(self._stream)
+        self._total = total_bytes
+        self._start = time.monotonic()
+        self._show_at = self._start if (total_bytes or 0) > min_bytes else self._start + min_seconds
+        self._next_draw = self._show_at
+        self._drawn = False
+        self.bytes_done = 0
+        self.records_done = 0
+
+    def update(self, nbytes: int, nrecords: int) -> None:
+        """Account for ``nbytes`` more input and ``nrecords`` more lines."""
+        self.bytes_done += nbytes
+        self.records_done += nrecords
+        if not self._enabled:
+            return
+        now = time.monotonic()
+        if now < self._next_draw:
+            return
+        self._next_draw = now + 0.1
+        elapsed = now - self._start
+        rate = f"  {self.records_done / elapsed:,.0f} lines/s" if elapsed > 0.5 else ""
+        done_mb = self.bytes_done / 1e6
+        if self._total:
+            frac = min(self.bytes_done / self._total, 1.0)
+            bar = "#" * int(frac * 30)
+            text = f"[{bar:<30}] {frac:4.0%} {done_mb:,.1f}/{self._total / 1e6:,.1f} MB"
+        else:
+            text = f"{done_mb:,.1f} MB"
+        self._stream.write(f"\r{text}{rate} ")
+        self._stream.flush()
+        self._drawn = True
+
+    def close(self) -> None:
+        """Erase the progress line, if one was drawn."""
+        if self._drawn:
+            self._stream.write("\r\x1b[K")
+            self._stream.flush()
+            self._drawn = False
+
+
+def _isatty(stream: IO[str]) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def total_size(paths: Sequence[str]) -> int | None:
+    """Sum of the on-disk sizes of ``paths``, or None when stdin is among them."""
+    if "-" in paths:
+        return None
+    total = 0
+    for path in paths:
+        try:
+            total += os.path.getsize(path)
+        except OSError:
+            return None
+    return total
+
+
+def _open(path: str) -> tuple[_Readable, IO[bytes]]:
+    """Open ``path`` for binary reading; returns (decoded stream, raw stream)."""
+    if path == "-":
+        raw: IO[bytes] = sys.stdin.buffer
+        head = raw.peek(2)[:2] if hasattr(raw, "peek") else b""
+    else:
+        try:
+            raw = open(path, "rb")  # noqa: SIM115 - closed by the caller
+        except OSError as exc:
+            reason = exc.strerror or exc
+            msg = f"cannot open {path!r}: {reason}; check that it exists and is readable"
+            raise InputError(msg) from exc
+        head = raw.read(2)
+        raw.seek(0)
+    if head == _GZIP_MAGIC or (not head and path.endswith(".gz")):
+        return gzip.GzipFile(fileobj=raw, mode="rb"), raw
+    return raw, raw
+
+
+def iter_line_batches(
+    paths: Sequence[str], progress: Progress | None = None, chunk_bytes: int = CHUNK_BYTES
+) -> Iterator[list[bytes]]:
+    """Yield the lines of every input, one list per chunk read, newlines stripped.
+
+    A last line without a newline (a file cut off mid-write) is yielded too;
+    the JSON decoder then rejects it if it is incomplete. Empty lines are
+    yielded as ``b""`` and are for the caller to ignore.
+
+    Raises:
+        InputError: a file cannot be opened or its gzip stream is corrupt.
+    """
+    for path in paths:
+        stream, raw = _open(path)
+        name = "standard input" if path == "-" else repr(path)
+        try:
+            yield from _batches(stream, raw, progress, chunk_bytes)
+        except (OSError, EOFError, zlib.error) as exc:
+            msg = (
+                f"cannot read {name}: {exc}; if it is a gzip file it is corrupt or cut short: "
+                "decompress what can be read (zcat -f) and audit that instead"
+            )
+            raise InputError(msg) from exc
+        finally:
+            if path != "-":
+                stream.close()
+                raw.close()
+
+
+def _batches(
+    stream: _Readable, raw: IO[bytes], progress: Progress | None, chunk_bytes: int
+) -> Iterator[list[bytes]]:
+    read = stream.read
+    tell = raw.tell if raw.seekable() else None
+    position = tell() if tell else 0
+    rest = b""
+    oversized = False  # inside a line already reported as oversized
+    while True:
+        chunk = read(chunk_bytes)
+        if not chunk:
+            break
+        lines = (rest + chunk).split(b"\n") if rest else chunk.split(b"\n")
+        rest = lines.pop()
+        if oversized and lines:
+            lines[0] = OVERSIZED_LINE  # the tail of the long line
+            oversized = False
+        if len(rest) > MAX_LINE_BYTES:
+            # Keep memory bounded on garbage without newlines: drop the
+            # partial line now and report it once, when it ends.
+            oversized = True
+            rest = b""
+        if progress is not None:
+            now = tell() if tell else position + len(chunk)
+            progress.update(now - position, len(lines))
+            position = now
+        yield lines
+    if oversized:
+        yield [OVERSIZED_LINE]
+    elif rest:
+        yield [rest]

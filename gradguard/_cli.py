@@ -1,0 +1,242 @@
+"""The ``gradguard`` command line: ``gradguard audit`` and ``gradguard demo``.
+
+``audit`` reads gradguard's JSON-lines events and never imports torch; ``demo``
+is loaded only when asked for.
+
+Exit status: 0 when all went well, 1 when a ``--fail-on`` condition was found,
+2 on a usage error or an input that cannot be read.
+
+Example:
+    $ gradguard audit 'logs/*.jsonl.gz' --by rank --fail-on errors,leaks
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from collections.abc import Sequence
+
+from gradguard._audit import (
+    FAIL_ON_CONDITIONS,
+    GROUP_KEYS,
+    InputError,
+    Progress,
+    check_fail_on,
+    compare,
+    expand_inputs,
+    render,
+    summarize,
+)
+from gradguard._audit._reader import total_size
+
+__all__ = ["main"]
+
+_PROG = "gradguard"
+
+_AUDIT_EPILOG = """\
+inputs:
+  Plain or gzip-compressed JSON-lines files (gzip is recognised by content),
+  glob patterns expanded by gradguard itself (quote them: 'logs/*.jsonl.gz';
+  ** recurses), and - for standard input. All inputs are merged in one pass.
+  --compare takes one or more baselines: put the current files first, or end
+  the baseline list with --, as in: --compare base.jsonl -- new.jsonl
+
+fail-on conditions (comma-separated; exit 1 when any is found):
+  errors      a call ended with an error
+  leaks       a gradguard.leak event was recorded
+  fallbacks   a call fell back from inference_mode to no_grad
+  grad        a call recorded gradients or left modules in training mode
+  regression  a group's wall p95 or peak memory max grew past --threshold
+              (needs --compare)
+
+exit status: 0 ok, 1 a --fail-on condition was found, 2 usage or input error.
+"""
+
+
+def _threshold(text: str) -> float:
+    """Parse a percentage written with its sign ('10%', '2.5%') into a fraction."""
+    number = text.strip()
+    if not number.endswith("%"):
+        msg = f"threshold must be a percentage with a % sign, e.g. 10%; got {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    try:
+        value = float(number[:-1]) / 100.0
+    except ValueError:
+        msg = f"threshold must be a number followed by %, e.g. 10%; got {text!r}"
+        raise argparse.ArgumentTypeError(msg) from None
+    if not math.isfinite(value) or value < 0:
+        msg = f"threshold must be a non-negative percentage, e.g. 10%; got {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
+def _fail_on(text: str) -> list[str]:
+    """Parse 'errors,leaks' into a list of known conditions."""
+    conditions = [c.strip().lower() for c in text.split(",") if c.strip()]
+    if not conditions:
+        msg = f"give at least one condition, from: {','.join(FAIL_ON_CONDITIONS)}"
+        raise argparse.ArgumentTypeError(msg)
+    unknown = [c for c in conditions if c not in FAIL_ON_CONDITIONS]
+    if unknown:
+        msg = (
+            f"unknown condition {unknown[0]!r}; choose a comma-separated subset of "
+            f"{','.join(FAIL_ON_CONDITIONS)}"
+        )
+        raise argparse.ArgumentTypeError(msg)
+    return list(dict.fromkeys(conditions))
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=_PROG,
+        description="Guard PyTorch inference calls, and audit the events they log.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    audit = sub.add_parser(
+        "audit",
+        help="summarize gradguard event logs (JSON lines)",
+        description="Summarize gradguard event logs per group: calls, errors, modes, "
+        "fallbacks, leaks, latency and memory percentiles.",
+        epilog=_AUDIT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    audit.add_argument("inputs", nargs="+", metavar="FILE_OR_GLOB", help="log files, globs, or -")
+    audit.add_argument(
+        "--by", choices=GROUP_KEYS, default="target", help="group events by (default: target)"
+    )
+    audit.add_argument(
+        "--format",
+        choices=("table", "json", "markdown"),
+        default="table",
+        help="output format (default: table); json is a stable, documented contract",
+    )
+    audit.add_argument(
+        "--compare",
+        nargs="+",
+        action="extend",
+        metavar="BASELINE",
+        help="baseline files or globs to compare the inputs against",
+    )
+    audit.add_argument(
+        "--threshold",
+        type=_threshold,
+        default=0.10,
+        metavar="PCT",
+        help="growth that counts as a regression, as a percentage with its sign (default: 10%%)",
+    )
+    audit.add_argument(
+        "--fail-on",
+        type=_fail_on,
+        default=[],
+        metavar="CONDITIONS",
+        help=f"exit 1 when any is found; comma-separated subset of {','.join(FAIL_ON_CONDITIONS)}",
+    )
+    audit.add_argument(
+        "--no-progress", action="store_true", help="never draw the progress line on stderr"
+    )
+    audit.set_defaults(parser=audit)
+
+    # Only for the help texts: main() hands everything after "demo", --help included,
+    # to the demo's own parser; this one answers --help when the demo cannot load.
+    demo = sub.add_parser(
+        "demo",
+        help="run a short demonstration of gradguard (needs torch)",
+        description="Run a short demonstration of gradguard. The arguments after 'demo' "
+        "are passed to the demo unchanged.",
+    )
+    demo.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS", help="the demo's own")
+    return parser
+
+
+def _run_audit(args: argparse.Namespace) -> int:
+    parser: argparse.ArgumentParser = args.parser
+    conditions: list[str] = args.fail_on
+    if "regression" in conditions and not args.compare:
+        parser.error("--fail-on regression needs a baseline: add --compare BASELINE...")
+    try:
+        paths = expand_inputs(args.inputs)
+        baseline_paths = expand_inputs(args.compare) if args.compare else []
+    except InputError as exc:
+        return _input_error(exc)
+    if "-" in paths and "-" in baseline_paths:
+        parser.error("standard input (-) can be read only once: use it for the inputs or for "
+                     "--compare, not both")  # fmt: skip
+
+    def progress(p: Sequence[str]) -> Progress | None:
+        return None if args.no_progress else Progress(total_size(p))
+
+    try:
+        baseline = None
+        if args.compare:
+            baseline = summarize(baseline_paths, args.by, progress(baseline_paths))
+        summary = summarize(paths, args.by, progress(paths))
+    except InputError as exc:
+        return _input_error(exc)
+    comparison = compare(baseline, summary, args.threshold) if baseline is not None else None
+    result = check_fail_on(conditions, summary, comparison) if conditions else None
+    _write(render(args.format, summary, comparison, result))
+    if result is not None and result.failed:
+        reasons = "; ".join(f"{c}: {result.details[c]}" for c in result.failed)
+        print(f"{_PROG} audit: failing (--fail-on): {reasons}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _input_error(exc: InputError) -> int:
+    print(f"{_PROG} audit: error: {exc}", file=sys.stderr)
+    return 2
+
+
+def _write(text: str) -> None:
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (e.g. `| head`); silence the flush at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+
+
+def _run_demo(argv: list[str], parser: argparse.ArgumentParser) -> int:
+    try:
+        from gradguard._demo import main as demo_main  # type: ignore[import-not-found,unused-ignore]
+    except ImportError as exc:
+        if "-h" in argv or "--help" in argv:
+            parser.parse_args(["demo", "--help"])  # prints this module's help; exits 0
+        print(
+            f"{_PROG} demo: error: the demo is not available ({exc}); it needs torch and a "
+            "complete gradguard install: pip install gradguard",
+            file=sys.stderr,
+        )
+        return 2
+    code: int = demo_main(argv)
+    return code
+
+
+def _exit_status(exc: SystemExit) -> int:
+    """The status ``exc`` would exit with; a message is printed as Python would."""
+    if exc.code is None or isinstance(exc.code, int):
+        return exc.code or 0
+    print(exc.code, file=sys.stderr)
+    return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``gradguard`` with ``argv`` (default: ``sys.argv[1:]``); return the exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = _build_parser()
+    try:
+        if argv[:1] == ["demo"]:
+            # The demo parses its own arguments: argparse here would reject its options.
+            return _run_demo(argv[1:], parser)
+        args = parser.parse_args(argv)
+        if args.command != "audit":  # no command given ("demo" was handled above)
+            parser.print_help(sys.stderr)
+            return 2
+        code = _run_audit(args)
+    except SystemExit as exc:  # --help (0), usage errors (2), the demo's own exits
+        return _exit_status(exc)
+    return code
