@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import os
 import threading
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Literal
+
+from ._errors import TelemetryWarning
+from ._stack import user_stacklevel
 
 __all__ = ["Settings", "configure", "current", "reset"]
 
@@ -106,11 +110,21 @@ _ENV = {
 
 
 def _from_environment() -> Settings:
+    """The settings the ``GRADGUARD_*`` variables give.
+
+    Read at the first guarded call, where an error would break inference: a bad value is
+    reported with a ``TelemetryWarning`` and left out, so its default applies.
+    """
     found = {}
     for key, variable in _ENV.items():
         value = os.environ.get(variable)
-        if value is not None:
+        if value is None:
+            continue
+        try:
             found[key] = _CHECKS[key](variable, value)
+        except (TypeError, ValueError) as error:
+            msg = f"gradguard: {error}; the variable is ignored until it is fixed"
+            warnings.warn(msg, TelemetryWarning, stacklevel=user_stacklevel())
     return Settings(**found)
 
 
@@ -165,6 +179,12 @@ def configure(**options: Any) -> Settings:
         _current = replace(base, **checked)
         _generation += 1
         return _current
+
+
+def changed() -> None:
+    """Make every target read the settings again (after a fork, say)."""
+    global _generation
+    _generation += 1
 
 
 def reset() -> None:

@@ -45,6 +45,17 @@ class GuardedFunction(_FunctionWrapper):
         self._self_target = target
         self._self_run = wrapper
 
+    def __reduce_ex__(self, protocol: Any) -> str:
+        # Pickled by reference, like the function it decorates (its module:qualname names
+        # the decorated object), so it crosses to spawned workers and process pools.
+        return self.__wrapped__.__qualname__
+
+    def __copy__(self) -> GuardedFunction:
+        return self  # functions are immutable to copy; copying one returns it
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> GuardedFunction:
+        return self
+
 
 class _DirectGuardedFunction(GuardedFunction):
     """A ``GuardedFunction`` of a plain function or callable object.

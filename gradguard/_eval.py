@@ -18,13 +18,16 @@ from __future__ import annotations
 import threading
 from threading import get_ident
 
+import wrapt
 from torch import nn
 
 __all__ = ["Hold", "hold", "release", "submodules"]
 
 _Module = nn.Module
+_Proxy = wrapt.ObjectProxy
 _set_flag = object.__setattr__
-_lock = threading.Lock()
+# Reentrant: a class's own train()/eval(), called under the lock, may run guarded code.
+_lock = threading.RLock()
 
 
 class _Held:
@@ -53,12 +56,22 @@ def _overrides(cls: type) -> bool:
 
 
 def submodules(root: nn.Module) -> list[nn.Module]:
-    """Return ``root`` and every module below it, each parent before its children."""
+    """Return ``root`` and every module below it, each parent before its children.
+
+    A gradguard proxy registered as a submodule (``nn.Sequential(gradguard.guard(m))``) is
+    walked as the module it wraps: flags must be set on the module, not on the proxy.
+    """
     found: list[nn.Module | None] = [root]
     for module in found:  # the list grows while it is walked: breadth first
         if module is not None:
             found.extend(module._modules.values())
-    return [m for m in found if m is not None]
+    return [_unproxied(m) for m in found if m is not None]
+
+
+def _unproxied(module: nn.Module) -> nn.Module:
+    while isinstance(module, _Proxy):
+        module = module.__wrapped__
+    return module
 
 
 def _any_training(roots: list[nn.Module]) -> bool:
@@ -150,7 +163,7 @@ def hold(roots: list[nn.Module]) -> Hold:
                     key = id(module)
                     entry = _held.get(key)
                     if entry is not None:
-                        if entry.count == 0:  # waiting to be restored: in eval, take it back
+                        if entry.count == 0 and entry in _deferred:  # in eval: take it back
                             _deferred.remove(entry)
                         entry.count += 1
                         taken.append(entry)
@@ -187,13 +200,15 @@ def _release_locked(handle: Hold) -> None:
     # Parents before children: a parent's own train() must not undo a child's flag.
     errors: list[BaseException] = []
     for entry in [*_deferred, *done]:
+        if entry.count:  # taken again meanwhile, by code a train() override ran
+            continue
         if entry.flags is not None and _in_use_below(entry.module):
             if entry not in _deferred:
                 _deferred.append(entry)
             continue
         if entry in _deferred:
             _deferred.remove(entry)
-        del _held[id(entry.module)]
+        _held.pop(id(entry.module), None)
         try:
             _restore(entry)
         except Exception as error:  # keep restoring the others, then report

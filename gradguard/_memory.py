@@ -18,7 +18,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-__all__ = ["Probe", "probe_for"]
+__all__ = ["Probe", "TensorProbe", "probe_for", "resume", "suspend"]
 
 Reading = tuple[int | None, int | None, int | None]
 _NONE: Reading = (None, None, None)
@@ -166,12 +166,30 @@ class TensorProbe(Probe):
 
     def start(self) -> Any:
         tracker = _TensorTracker()
-        tracker.__enter__()  # type: ignore[no-untyped-call]
+        resume(tracker)
         return tracker
 
     def stop(self, state: Any) -> Reading:
-        state.__exit__(None, None, None)
+        suspend(state)
         return 0, state.live, state.peak
+
+
+def resume(tracker: Any) -> None:
+    """Track ops again (a generator or coroutine step begins).
+
+    A dispatch mode is a thread-wide stack entry, like grad mode: a call made of steps
+    tracks its ops only while a step runs, never the consumer's or other tasks' ops.
+    """
+    if not tracker.active:
+        tracker.__enter__()
+        tracker.active = True
+
+
+def suspend(tracker: Any) -> None:
+    """Stop tracking ops (a step ends, or the call does)."""
+    if tracker.active:
+        tracker.active = False
+        tracker.__exit__(None, None, None)
 
 
 def _storages(values: Any) -> list[Any]:
@@ -185,6 +203,7 @@ def _storages(values: Any) -> list[Any]:
 class _TensorTracker(TorchDispatchMode):  # type: ignore[no-untyped-call]
     def __init__(self) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
+        self.active = False
         self.live = 0
         self.peak = 0
         self._known: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()

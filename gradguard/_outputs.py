@@ -34,9 +34,12 @@ def map_tensors(obj: Any, fn: Callable[[torch.Tensor], torch.Tensor], depth: int
             new_list = copy.copy(obj)
             new_list[:] = items
             return new_list
-        if hasattr(obj, "_fields"):  # namedtuple
-            return type(obj)(*items)
-        return type(obj)(items)
+        try:
+            if hasattr(obj, "_fields"):  # namedtuple
+                return type(obj)(*items)
+            return type(obj)(items)
+        except TypeError:  # a tuple subclass built some other way: leave it as it is
+            return obj
     if isinstance(obj, dict):
         changed = {}
         for key, value in obj.items():

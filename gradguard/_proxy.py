@@ -10,7 +10,7 @@ import wrapt
 from torch import nn
 
 from ._policy import Policy, make_policy
-from ._target import Target, fixed_modules
+from ._target import ModuleFinder, Target, _unwrap, fixed_modules
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -69,7 +69,7 @@ class GuardedModule(_ObjectProxy):
         self._self_policy = policy
         self._self_methods = methods
         name = policy.name or f"{type(module).__module__}:{type(module).__qualname__}"
-        find = fixed_modules(_policy_modules(module, policy))
+        find = _policy_modules(module, policy)
         forward = type(module).forward
         self._self_call = Target(name, "module", policy, (forward,), find)
         self._self_targets = {
@@ -89,7 +89,7 @@ class GuardedModule(_ObjectProxy):
             return attribute
         target = self._self_targets.get(name)
         if target is not None:
-            return _GuardedMethod(target, attribute)
+            return _GuardedMethod(target, attribute, self)
         if name in _RETURNS_SELF:
             return _ReturnsProxy(self, attribute)
         return attribute
@@ -119,14 +119,16 @@ def _restore(module: nn.Module, policy: Policy, methods: tuple[str, ...]) -> Gua
 class _GuardedMethod:
     """A module method named in ``methods=``, bound and guarded."""
 
-    __slots__ = ("_method", "_target")
+    __slots__ = ("_method", "_proxy", "_target")
 
-    def __init__(self, target: Target, method: Any) -> None:
+    def __init__(self, target: Target, method: Any, proxy: GuardedModule) -> None:
         self._target = target
         self._method = method
+        self._proxy = proxy
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self._target.call(self._method, None, args, kwargs)
+        result = self._target.call(self._method, None, args, kwargs)
+        return self._proxy if result is self._proxy.__wrapped__ else result
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._method, name)
@@ -144,24 +146,39 @@ class _ReturnsProxy:
         return self._proxy if result is self._proxy.__wrapped__ else result
 
 
-def _policy_modules(module: nn.Module, policy: Policy) -> list[nn.Module]:
+def _submodule(module: nn.Module, name: str) -> nn.Module:
+    value = getattr(module, name, None)
+    if not isinstance(value, nn.Module):
+        what = "no attribute" if value is None else f"a {type(value).__name__} at"
+        msg = (
+            f"guard(modules=[{name!r}]): {type(module).__name__} has {what} {name!r}; "
+            "name a submodule attribute, or pass the module itself"
+        )
+        raise ValueError(msg)
+    return value
+
+
+def _policy_modules(module: nn.Module, policy: Policy) -> ModuleFinder:
+    """How each call finds the modules it switches: checked now, looked up per call.
+
+    Names are looked up again at each call, so a submodule replaced after guarding
+    (``net.head = nn.Dropout(0.9)``) is the one switched.
+    """
     if policy.modules == "auto":
-        return [module]
-    found = []
-    for spec in policy.modules:
+        return fixed_modules([module])
+    specs = policy.modules
+    for spec in specs:
         if isinstance(spec, str):
-            value = getattr(module, spec, None)
-            if not isinstance(value, nn.Module):
-                what = "no attribute" if value is None else f"a {type(value).__name__} at"
-                msg = (
-                    f"guard(modules=[{spec!r}]): {type(module).__name__} has {what} {spec!r}; "
-                    "name a submodule attribute, or pass the module itself"
-                )
-                raise ValueError(msg)
-            found.append(value)
-        else:
-            found.append(spec)
-    return found
+            _submodule(module, spec)  # fail now, at guard time, on a bad name
+    if not any(isinstance(spec, str) for spec in specs):
+        return fixed_modules([s for s in specs if isinstance(s, nn.Module)])
+
+    def find(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[nn.Module]:
+        return [
+            _unwrap(_submodule(module, s) if isinstance(s, str) else s) for s in specs
+        ]
+
+    return find
 
 
 def _options_repr(policy: Policy, methods: tuple[str, ...]) -> str:
@@ -225,5 +242,8 @@ def unguard(module: M, /) -> M:
         return given.__wrapped__  # type: ignore[return-value]
     if isinstance(given, nn.Module):
         return module
-    msg = f"unguard() takes a guarded or plain nn.Module; got {type(given).__name__}"
+    msg = (
+        f"unguard() takes a module from gradguard.guard() (or a plain nn.Module); got "
+        f"{type(given).__name__}. A decorated function's original is its __wrapped__."
+    )
     raise TypeError(msg)

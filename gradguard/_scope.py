@@ -27,6 +27,21 @@ _targets: dict[tuple[Any, ...], Target] = {}
 _targets_lock = threading.Lock()
 
 
+class _Open(threading.local):
+    """The blocks open in this thread, innermost last, each with whether it has exited.
+
+    torch's mode guards must be left in the reverse order of entry. Two ``async with``
+    blocks in tasks of one event loop can exit in either order, so a block that exits
+    while a later one is still open leaves its mode when that one does.
+    """
+
+    def __init__(self) -> None:
+        self.blocks: list[list[Any]] = []  # [target, step, exited]
+
+
+_open = _Open()
+
+
 class scope:  # used like a function: `with gradguard.scope(model):`
     """Run a block with ``modules`` in eval and under inference mode; restore both after.
 
@@ -71,6 +86,7 @@ class scope:  # used like a function: `with gradguard.scope(model):`
         self._target = target
         self._modules = [_unwrap(m) for m in (*models, *extra)]
         self._step: Step | None = None
+        self._block: list[Any] = []
         self._measure: Measure | None = None
         self._inference = target.inference
 
@@ -85,6 +101,8 @@ class scope:  # used like a function: `with gradguard.scope(model):`
         modules, self._measure = target.begin(None, (), {}, self._modules)
         self._inference = target.inference
         self._step = target.enter(modules, self._measure)
+        self._block = [target, self._step, False]
+        _open.blocks.append(self._block)
         return self
 
     def __exit__(
@@ -98,7 +116,11 @@ class scope:  # used like a function: `with gradguard.scope(model):`
             return
         target, measure = self._target, self._measure
         try:
-            target.leave(step)
+            self._block[2] = True
+            blocks = _open.blocks
+            while blocks and blocks[-1][2]:
+                done, done_step, _ = blocks.pop()
+                done.leave(done_step)
             if exc is not None and self._inference:
                 target.fall_back(exc, can_retry=False, measure=measure)  # next run: no_grad
         finally:

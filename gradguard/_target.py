@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import itertools
 import threading
 import warnings
 from collections.abc import Callable, Sequence
@@ -20,7 +21,7 @@ from typing import Any, Literal
 import wrapt
 from torch import nn
 
-from . import _eval, _modes
+from . import _eval, _memory, _modes
 from ._errors import FallbackWarning
 from ._outputs import clone_inference_tensors
 from ._policy import Policy
@@ -39,7 +40,7 @@ __all__ = [
 
 Kind = Literal["function", "module", "scope"]
 ModuleFinder = Callable[[Any, tuple[Any, ...], dict[str, Any]], list[nn.Module]]
-Step = tuple[Any, Any]  # (eval hold or None, mode token)
+Step = tuple[Any, Any, Any]  # (eval hold or None, mode token, tensor tracker or None)
 
 _Module = nn.Module
 _Proxy = wrapt.ObjectProxy
@@ -76,6 +77,7 @@ class Target:
 
     __slots__ = (
         "_fallback_lock",
+        "_next_call",
         "calls",
         "clone",
         "find_modules",
@@ -100,6 +102,9 @@ class Target:
         self.kind = kind
         self.policy = policy
         self.calls = 0
+        # next() on a count is atomic under the GIL, unlike `calls += 1`: threads calling
+        # one target each get their own call number.
+        self._next_call = itertools.count(1).__next__
         self.clone = policy.outputs == "clone"
         self.find_modules = find_modules
         self.switch = policy.eval
@@ -132,13 +137,13 @@ class Target:
         kwargs: dict[str, Any],
     ) -> Any:
         """Run one plain call of ``fn`` guarded, measured when the call is sampled."""
-        self.calls += 1
+        call = self.calls = self._next_call()
         find = self.find_modules
         modules = find(instance, args, kwargs) if find is not None else None
         recorder = self.recorder
         if not recorder.sampled():
             return self._run(fn, args, kwargs, modules, None)
-        measure = recorder.begin(self.calls, modules, args, kwargs, self.inference, self.switch)
+        measure = recorder.begin(call, modules, args, kwargs, self.inference, self.switch)
         try:
             result = self._run(fn, args, kwargs, modules, measure)
         except BaseException as error:
@@ -206,13 +211,13 @@ class Target:
         Returns the modules each step switches to eval, and the measure (``None`` when
         the call is not sampled).
         """
-        self.calls += 1
+        call = self.calls = self._next_call()
         if modules is None:
             find = self.find_modules
             modules = find(instance, args, kwargs) if find is not None else []
         recorder = self.recorder
         measure = (
-            recorder.begin(self.calls, modules, args, kwargs, self.inference, self.switch)
+            recorder.begin(call, modules, args, kwargs, self.inference, self.switch, True)
             if recorder.sampled()
             else None
         )
@@ -226,23 +231,33 @@ class Target:
     def enter(self, modules: list[nn.Module], measure: Measure | None = None) -> Step:
         """Switch ``modules`` to eval and enter the mode; ``leave`` undoes both."""
         held = _hold(modules) if modules else None
-        if held is not None and measure is not None:
-            measure.switched = max(measure.switched, held.switched)
+        tracker = None
+        if measure is not None:
+            if held is not None:
+                measure.switched = max(measure.switched, held.switched)
+            tracker = measure.tracker
         try:
-            return held, _enter(self.inference)
+            token = _enter(self.inference)
         except BaseException:
             if held is not None:
                 _release(held)
             raise
+        if tracker is not None:
+            _memory.resume(tracker)
+        return held, token, tracker
 
     def leave(self, step: Step) -> None:
         """Leave the mode and give the modules their flags back, whatever happened."""
-        held, token = step
+        held, token, tracker = step
         try:
-            _leave(token)
+            if tracker is not None:
+                _memory.suspend(tracker)
         finally:
-            if held is not None:
-                _release(held)
+            try:
+                _leave(token)
+            finally:
+                if held is not None:
+                    _release(held)
 
     def fall_back(
         self, error: BaseException, *, can_retry: bool = True, measure: Measure | None = None
@@ -403,7 +418,10 @@ def module_finder(fn: Callable[..., Any], policy: Policy) -> ModuleFinder:
                     raise AttributeError(msg)
                 where = f"attribute {name!r}"
             if not isinstance(value, _Module):
-                msg = f"modules=[{name!r}]: {where} is a {type(value).__name__}, not an nn.Module"
+                msg = (
+                    f"modules=[{name!r}]: {where} is a {type(value).__name__}, not an "
+                    "nn.Module; pass the module there, or leave the name out of modules="
+                )
                 raise TypeError(msg)
             found.append(_unwrap(value))
         return found

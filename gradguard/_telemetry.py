@@ -16,6 +16,7 @@ waits for it instead).
 from __future__ import annotations
 
 import atexit
+import contextvars
 import os
 import random
 import socket
@@ -32,7 +33,7 @@ import torch
 
 from . import _config
 from ._errors import TelemetryWarning
-from ._memory import Probe, probe_for
+from ._memory import Probe, TensorProbe, probe_for, suspend
 from ._outputs import any_tensor
 from ._stack import user_stacklevel
 
@@ -101,10 +102,13 @@ _pid = os.getpid()
 
 
 def _forked() -> None:
-    # A forked worker (a DataLoader's, say) is another process: its pid, its own file.
+    # A forked worker (a DataLoader's, say) is another process: its pid, its own file, its
+    # own sample (settings are refreshed, which reseeds), none of the parent's CUDA events.
     global _pid, _distributed
     _pid = os.getpid()
     _distributed = None
+    _pending.clear()
+    _config.changed()
 
 
 os.register_at_fork(after_in_child=_forked)
@@ -240,6 +244,7 @@ class Measure:
         "retried",
         "start_ns",
         "switched",
+        "tracker",
         "training",
         "wall",
     )
@@ -259,6 +264,9 @@ class Measure:
         self.wall = 0.0
         self.probe_state: Any = None
         self.start_ns = 0
+        # The tensor tracker of memory="tensors" on a call made of steps: it tracks only
+        # while a step runs (Target.enter/leave), not between steps.
+        self.tracker: Any = None
 
 
 def _first_tensor(values: Any) -> torch.Tensor | None:
@@ -290,7 +298,8 @@ def _device_of(args: Any, kwargs: Any, modules: Any) -> torch.device | None:
     return None
 
 
-_pending: list[tuple[Measure, dict[str, Any], str]] = []
+# Events waiting for their CUDA end event, each with the structlog context of its call.
+_pending: list[tuple[Measure, dict[str, Any], str, contextvars.Context]] = []
 _pending_lock = threading.Lock()
 _atexit_registered = False
 
@@ -314,14 +323,14 @@ def _drain(block: bool) -> None:
             else:
                 waiting.append(item)
         _pending[:] = waiting
-    for measure, fields, level in ready:
+    for measure, fields, level, context in ready:
         try:
             start, end = measure.events  # type: ignore[misc]
             end.synchronize()
             fields["gpu_ms"] = start.elapsed_time(end)
         except Exception as error:
             _warn_once(error)
-        emit(CALL_EVENT, level, fields)
+        context.run(emit, CALL_EVENT, level, fields)  # with the request id of its own call
 
 
 def flush() -> None:
@@ -362,6 +371,8 @@ class Recorder:
         self._sample = settings.sample if policy.sample is None else policy.sample
         if settings.seed is not None:  # the same calls of this target, run after run
             self._rng.seed(settings.seed ^ zlib.crc32(self._seed_name.encode()))
+        else:  # fresh entropy, so forked workers do not all sample the same calls
+            self._rng.seed()
 
     def sampled(self) -> bool:
         """Whether this call emits an event: the whole cost of a call that does not."""
@@ -373,7 +384,14 @@ class Recorder:
         return sample >= 1.0 or self._rng.random() < sample
 
     def begin(
-        self, call: int, modules: Any, args: Any, kwargs: Any, inference: bool, switch: bool
+        self,
+        call: int,
+        modules: Any,
+        args: Any,
+        kwargs: Any,
+        inference: bool,
+        switch: bool,
+        stepped: bool = False,
     ) -> Measure | None:
         """Start measuring a sampled call; ``None`` if measuring failed (never raises).
 
@@ -395,6 +413,9 @@ class Recorder:
                 measure.events = (start, end)
             measure.wall = _time()
             measure.probe_state = probe.start()
+            if stepped and isinstance(probe, TensorProbe):
+                measure.tracker = measure.probe_state
+                suspend(measure.tracker)
             measure.start_ns = _perf_ns()
             return measure
         except Exception as error:
@@ -455,7 +476,7 @@ class Recorder:
                     fields["gpu_ms"] = start.elapsed_time(end)
                 else:
                     with _pending_lock:
-                        _pending.append((measure, fields, level))
+                        _pending.append((measure, fields, level, contextvars.copy_context()))
                     _register_atexit()
                     return
         except Exception as failure:

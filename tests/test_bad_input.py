@@ -15,7 +15,11 @@ import gradguard
     [
         ({"mode": "fast"}, ValueError, "one of 'auto', 'inference', 'no_grad'; got 'fast'"),
         ({"mdoe": "auto"}, TypeError, "unknown option 'mdoe'; did you mean 'mode'\\?"),
-        ({"colour": 1}, TypeError, "unknown option 'colour'\\. Valid options: eval, log, memory, mode"),
+        (
+            {"colour": 1},
+            TypeError,
+            "unknown option 'colour'\\. Valid options: eval, log, memory, mode",
+        ),
         ({"outputs": "copy"}, ValueError, "outputs must be one of 'keep', 'clone'; got 'copy'"),
         ({"eval": "yes"}, TypeError, "eval must be True or False; got 'yes'"),
         ({"retry": 1}, TypeError, "retry must be True or False"),

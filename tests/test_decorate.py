@@ -470,3 +470,26 @@ def test_outputs_clone_returns_ordinary_tensors_usable_in_autograd() -> None:
 def test_outputs_keep_returns_inference_tensors() -> None:
     out = gradguard.infer(lambda: torch.ones(2) * 2)()
     assert out.is_inference()
+
+
+@gradguard.infer
+def module_level(x: torch.Tensor) -> torch.Tensor:
+    return x * 2
+
+
+def test_decorated_function_pickles_by_reference_and_copies_as_itself() -> None:
+    import copy
+    import pickle
+
+    assert pickle.loads(pickle.dumps(module_level)) is module_level
+    assert copy.deepcopy(module_level) is module_level
+    assert copy.copy(module_level) is module_level
+
+
+def test_outputs_clone_leaves_a_tuple_subclass_it_cannot_rebuild() -> None:
+    class Pair(tuple):  # type: ignore[type-arg]
+        def __new__(cls, a: Any, b: Any) -> Pair:
+            return super().__new__(cls, (a, b))
+
+    out = gradguard.infer(outputs="clone")(lambda: Pair(torch.ones(1), 2))()
+    assert isinstance(out, Pair) and out[1] == 2

@@ -155,3 +155,34 @@ def test_dropout_output_is_the_eval_output() -> None:
     out = guarded(x)
     model.eval()
     assert torch.equal(out, model(x))
+
+
+def test_guarded_proxy_registered_inside_a_container_is_switched_through() -> None:
+    inner = nn.Dropout(0.5)
+    model = nn.Sequential(nn.Linear(2, 2), gradguard.guard(inner)).train()
+    with gradguard.scope(model):
+        assert not inner.training
+    assert inner.training and model.training
+
+
+def test_train_override_that_runs_guarded_code_does_not_deadlock() -> None:
+    @gradguard.infer
+    def peek(m: nn.Module) -> bool:
+        return m.training
+
+    class Calls(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.part = nn.Linear(1, 1)
+            self.seen: list[bool] = []
+
+        def train(self, mode: bool = True) -> Calls:
+            self.seen.append(peek(self.part))
+            return super().train(mode)
+
+    model = Calls().train()
+    with gradguard.scope(model):
+        assert not model.part.training
+    assert model.training and model.part.training
+    assert model.seen[-2:] == [False, False]  # peek saw the part in eval both ways
+    assert _eval._held == {} and _eval._in_use == {}

@@ -171,3 +171,23 @@ def test_unguard_of_plain_module_and_bad_input() -> None:
     assert gradguard.unguard(m) is m
     with pytest.raises(TypeError, match=r"unguard\(\) takes"):
         gradguard.unguard(3)  # type: ignore[type-var]
+
+
+def test_modules_named_for_a_guard_are_looked_up_at_each_call() -> None:
+    model = Recorder().train()
+    g = gradguard.guard(model, modules=["dropout"])
+    model.dropout = nn.Dropout(0.9)  # replaced after guarding
+    seen = []
+    model.dropout.register_forward_pre_hook(lambda m, a: seen.append(m.training))
+    g(torch.ones(1, 3))
+    assert seen == [False]
+    assert model.dropout.training
+
+
+def test_named_method_returning_the_module_returns_the_proxy() -> None:
+    class Stepper(Recorder):
+        def step(self) -> Stepper:
+            return self
+
+    g = gradguard.guard(Stepper(), methods=("step",))
+    assert g.step() is g

@@ -103,3 +103,24 @@ def test_scope_cannot_be_entered_twice_at_once_but_can_be_reused() -> None:
 def test_scope_rejects_what_is_not_a_module(bad: object) -> None:
     with pytest.raises(TypeError, match=r"scope\(\) takes nn.Module"):
         gradguard.scope(bad)  # type: ignore[arg-type]
+
+
+def test_overlapping_async_blocks_in_two_tasks_leave_the_modes_as_they_were() -> None:
+    async def first(entered: asyncio.Event, second_entered: asyncio.Event) -> None:
+        async with gradguard.scope():
+            entered.set()
+            await second_entered.wait()  # exits while the second block is still open
+
+    async def second(entered: asyncio.Event, second_entered: asyncio.Event) -> None:
+        await entered.wait()
+        async with gradguard.scope(mode="no_grad"):
+            second_entered.set()
+            await asyncio.sleep(0.01)
+
+    async def main() -> tuple[bool, bool]:
+        a, b = asyncio.Event(), asyncio.Event()
+        await asyncio.gather(first(a, b), second(a, b))
+        return state()
+
+    assert asyncio.run(main()) == OUTSIDE
+    assert state() == OUTSIDE

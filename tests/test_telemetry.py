@@ -227,10 +227,15 @@ def test_environment_variables(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     _config.reset()
     predict(nn.Linear(1, 1), torch.ones(1, 1))
     assert len(read_lines(tmp_path / "env.jsonl")) == 1
+    monkeypatch.setenv("GRADGUARD_ENABLED", "1")
     monkeypatch.setenv("GRADGUARD_SAMPLE", "lots")
     _config.reset()
-    with pytest.raises(ValueError, match="GRADGUARD_SAMPLE must be a fraction"):
-        _config.current()
+    # A bad variable must not break inference: it is reported once and ignored.
+    with pytest.warns(gradguard.TelemetryWarning, match="GRADGUARD_SAMPLE must be a fraction"):
+        out = predict(nn.Linear(1, 1), torch.ones(1, 1))
+    assert out.shape == (1, 1)
+    assert _config.current().sample == 1.0
+    assert len(read_lines(tmp_path / "env.jsonl")) == 2
 
 
 def test_disabled_and_level() -> None:
@@ -424,3 +429,34 @@ def test_ranks_tag_their_events_and_write_their_own_files(
     for rank in (0, 1):
         (event,) = read_lines(tmp_path / f"rank{rank}.jsonl")
         assert (valid(event)["rank"], event["world_size"]) == (rank, 2)
+
+
+def test_memory_tensors_on_a_generator_counts_only_its_own_steps() -> None:
+    @gradguard.infer(memory="tensors")
+    def chunks() -> Iterator[torch.Tensor]:
+        for _ in range(2):
+            yield torch.ones(100)  # 400 bytes, each kept by the consumer
+
+    kept = []
+    with capture_events() as events:
+        for chunk in chunks():
+            kept.append(chunk)
+            kept.append(torch.ones(1_000_000))  # the consumer's own 4 MB: not the call's
+    event = valid(events[0])
+    assert event["mem_after_bytes"] == 800
+    assert event["mem_peak_bytes"] == 800
+
+
+def test_threads_calling_one_target_get_distinct_call_numbers() -> None:
+    import threading
+
+    target = gradguard.infer(name="threaded")(lambda: None)
+    with capture_events() as events:
+        threads = [
+            threading.Thread(target=lambda: [target() for _ in range(200)]) for _ in range(4)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert sorted(e["call"] for e in events) == list(range(1, 801))
