@@ -34,6 +34,10 @@ ARTICLE = {"in_features": 5000, "hidden": 50000, "out_features": 5000, "batch": 
 CPU_DEFAULT = {"in_features": 500, "hidden": 5000, "out_features": 500, "batch": 100}
 
 
+class UsageError(Exception):
+    """A bad demo option, reported like argparse's own errors (exit status 2)."""
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the demo's options to its sub-command parser (no torch import)."""
     size = parser.add_argument_group("model and input (default: the article's SimpleModel)")
@@ -85,7 +89,7 @@ class Row:
 def _positive(name: str, value: int | None) -> None:
     if value is not None and value <= 0:
         msg = f"--{name.replace('_', '-')} must be a positive number; got {value}"
-        raise SystemExit(msg)
+        raise UsageError(msg)
 
 
 def _build(args: argparse.Namespace, device: torch.device) -> tuple[nn.Module, torch.Tensor, str]:
@@ -96,19 +100,19 @@ def _build(args: argparse.Namespace, device: torch.device) -> tuple[nn.Module, t
         module_name, _, factory_name = args.model.partition(":")
         if not module_name or not factory_name:
             msg = f"--model must look like module:factory; got {args.model!r}"
-            raise SystemExit(msg)
+            raise UsageError(msg)
         if not args.input_shape:
             msg = "--model needs --input-shape, e.g. --input-shape 8,3,224,224"
-            raise SystemExit(msg)
+            raise UsageError(msg)
         try:
             factory = getattr(importlib.import_module(module_name), factory_name)
         except (ImportError, AttributeError) as error:
             msg = f"--model {args.model!r}: cannot load it ({error})"
-            raise SystemExit(msg) from None
+            raise UsageError(msg) from None
         model = factory()
         if not isinstance(model, nn.Module):
             msg = f"--model {args.model!r} returned a {type(model).__name__}, not an nn.Module"
-            raise SystemExit(msg)
+            raise UsageError(msg)
         try:
             shape = tuple(int(d) for d in args.input_shape.split(","))
             dtype = getattr(torch, args.input_dtype)
@@ -117,7 +121,7 @@ def _build(args: argparse.Namespace, device: torch.device) -> tuple[nn.Module, t
                 f"--input-shape must be numbers separated by commas and --input-dtype a torch "
                 f"dtype; got {args.input_shape!r}, {args.input_dtype!r}"
             )
-            raise SystemExit(msg) from None
+            raise UsageError(msg) from None
         x = torch.ones(shape, dtype=dtype, device=device)
         if x.is_floating_point():
             x.requires_grad_(True)
@@ -202,7 +206,11 @@ def parser(prog: str = "gradguard demo") -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the demo with command-line arguments ``argv``; return the exit status."""
-    return run(parser().parse_args(argv))
+    demo = parser()
+    try:
+        return run(demo.parse_args(argv))
+    except UsageError as error:
+        demo.error(str(error))  # exits with status 2
 
 
 def run(args: argparse.Namespace) -> int:
@@ -219,12 +227,12 @@ def run(args: argparse.Namespace) -> int:
             device = torch.device(args.device)
         except RuntimeError as error:
             msg = f"--device: {error}"
-            raise SystemExit(msg) from None
+            raise UsageError(msg) from None
     else:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda" and not torch.cuda.is_available():
         msg = "--device cuda: this machine has no CUDA device; use --device cpu"
-        raise SystemExit(msg)
+        raise UsageError(msg)
     model, x, description = _build(args, device)
     model.train()  # as a freshly built model is: the guarded variant has to switch it
 
@@ -238,7 +246,8 @@ def run(args: argparse.Namespace) -> int:
     if os.path.exists(log_file):
         os.remove(log_file)
     settings = gradguard.configure(log_file=log_file)
-    scaled = device.type == "cpu" and not args.full and not args.model
+    sized = any(getattr(args, key) is not None for key in CPU_DEFAULT)
+    scaled = device.type == "cpu" and not (args.full or args.model or sized)
     print(
         f"gradguard demo on {device} (torch {torch.__version__}, {torch.get_num_threads()} threads)"
     )

@@ -28,6 +28,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=7, help="repeats; the best is kept")
     args = parser.parse_args()
     n, r = args.number, args.repeat
+    # The core alone: telemetry has its own benchmark (bench_telemetry.py).
+    gradguard.configure(enabled=False)
 
     def noop() -> None:
         return None
