@@ -44,16 +44,22 @@ class _Statm:
     """
 
     def __init__(self) -> None:
-        self._page = os.sysconf("SC_PAGE_SIZE")
-        self._fd = os.open("/proc/self/statm", os.O_RDONLY)
+        self.rss = self._reader()
         os.register_at_fork(after_in_child=self._reopen)
 
     def _reopen(self) -> None:
         os.close(self._fd)
-        self._fd = os.open("/proc/self/statm", os.O_RDONLY)
+        self.rss = self._reader()
 
-    def rss(self) -> int:
-        return int(os.pread(self._fd, 64, 0).split(None, 2)[1]) * self._page
+    def _reader(self) -> Any:
+        # A closure over locals: the read is on every logged call, twice.
+        fd = self._fd = os.open("/proc/self/statm", os.O_RDONLY)
+        page, pread = os.sysconf("SC_PAGE_SIZE"), os.pread
+
+        def rss() -> int:
+            return int(pread(fd, 48, 0).split(None, 2)[1]) * page
+
+        return rss
 
 
 class RssProbe(Probe):

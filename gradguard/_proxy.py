@@ -174,9 +174,7 @@ def _policy_modules(module: nn.Module, policy: Policy) -> ModuleFinder:
         return fixed_modules([s for s in specs if isinstance(s, nn.Module)])
 
     def find(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[nn.Module]:
-        return [
-            _unwrap(_submodule(module, s) if isinstance(s, str) else s) for s in specs
-        ]
+        return [_unwrap(_submodule(module, s) if isinstance(s, str) else s) for s in specs]
 
     return find
 
