@@ -1,4 +1,4 @@
-"""Timing helper shared by the benchmark scripts."""
+"""Timing helpers shared by the benchmark scripts."""
 
 from __future__ import annotations
 
@@ -12,3 +12,17 @@ def best_us(fn: Callable[[], object], number: int, repeat: int) -> float:
     The minimum is the figure least disturbed by whatever else the machine was doing.
     """
     return min(timeit.repeat(fn, number=number, repeat=repeat)) / number * 1e6
+
+
+def compare_us(fns: dict[str, Callable[[], object]], number: int, repeat: int) -> dict[str, float]:
+    """Best time per call of each function, in microseconds, measured interleaved.
+
+    Each round times every function once, in turn, so that a slow spell of a shared
+    machine falls on all of them alike instead of on whichever ran during it.
+    """
+    best = dict.fromkeys(fns, float("inf"))
+    timers = {name: timeit.Timer(fn) for name, fn in fns.items()}
+    for _ in range(repeat):
+        for name, timer in timers.items():
+            best[name] = min(best[name], timer.timeit(number) / number * 1e6)
+    return best

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 
 import torch
-from _timing import best_us  # beside this script
+from _timing import best_us, compare_us  # beside this script
 from torch import nn
 
 import gradguard
@@ -25,7 +25,7 @@ def deep_model(blocks: int = 100) -> nn.Module:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--number", type=int, default=20000, help="calls per repeat")
-    parser.add_argument("--repeat", type=int, default=7, help="repeats; the best is kept")
+    parser.add_argument("--repeat", type=int, default=15, help="repeats; the best is kept")
     args = parser.parse_args()
     n, r = args.number, args.repeat
     # The core alone: telemetry has its own benchmark (bench_telemetry.py).
@@ -38,10 +38,12 @@ def main() -> None:
     guarded_noop = gradguard.infer(noop)
     guarded_pinned = gradguard.infer(mode="inference")(noop)
 
-    bare = best_us(noop, n, r)
-    torch_t = best_us(torch_noop, n, r)
-    auto_t = best_us(guarded_noop, n, r)
-    pinned_t = best_us(guarded_pinned, n, r)
+    times = compare_us(
+        {"bare": noop, "torch": torch_noop, "auto": guarded_noop, "pinned": guarded_pinned},
+        n,
+        r,
+    )
+    bare, torch_t, auto_t, pinned_t = times.values()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     print("no-op call (µs per call; ratio against @torch.inference_mode())")
     print(f"  undecorated                 {bare:7.3f}")
@@ -62,11 +64,11 @@ def main() -> None:
             pass
 
     model.train()
-    torch_t = best_us(torch_switch, m, r)
+    torch_t = best_us(torch_switch, m, r)  # leaves the model in training mode, as it found it
     guard_t = best_us(guarded_switch, m, r)
     model.eval()
-    torch_eval_t = best_us(model.eval, m, r)
-    guard_eval_t = best_us(guarded_switch, m, r)
+    eval_times = compare_us({"torch": model.eval, "guard": guarded_switch}, m, r)
+    torch_eval_t, guard_eval_t = eval_times.values()
     print(f"eval switch of a {count}-module model (µs per call)")
     print(f"  model.eval(); model.train()            {torch_t:9.1f}   1.00x")
     print(f"  gradguard, model in training mode      {guard_t:9.1f}   {guard_t / torch_t:.3f}x")

@@ -15,7 +15,7 @@ import os
 import tempfile
 
 import torch
-from _timing import best_us  # beside this script
+from _timing import best_us, compare_us  # beside this script
 from torch import nn
 
 import gradguard
@@ -24,7 +24,7 @@ import gradguard
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--number", type=int, default=20000, help="calls per repeat")
-    parser.add_argument("--repeat", type=int, default=7, help="repeats; the best is kept")
+    parser.add_argument("--repeat", type=int, default=15, help="repeats; the best is kept")
     args = parser.parse_args()
     n, r = args.number, args.repeat
     torch.set_num_threads(1)
@@ -39,18 +39,18 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         gradguard.configure(log_file=os.path.join(tmp, "calls.jsonl"), seed=0)
-        bare_t = best_us(bare, n, r)
-        off_t = best_us(quiet, n, r)
-        sampled_t = best_us(sampled_out, n, r)
-        full_t = best_us(full, max(n // 4, 1), r)
+        noop_times = compare_us(
+            {"bare": bare, "off": quiet, "sampled": sampled_out, "full": full}, n // 4 or 1, r
+        )
+        bare_t, off_t, sampled_t, full_t = noop_times.values()
 
         mlp = nn.Sequential(nn.Linear(256, 512), nn.ReLU(), nn.Linear(512, 256)).eval()
         x = torch.randn(32, 256)
         bare_mlp = torch.inference_mode()(lambda: mlp(x))
         full_mlp = gradguard.infer(name="bench.mlp")(lambda: mlp(x))
         m = max(n // 20, 1)
-        mlp_bare = best_us(bare_mlp, m, r)
-        mlp_full = best_us(full_mlp, m, r)
+        mlp_times = compare_us({"bare": bare_mlp, "full": full_mlp}, m, r)
+        mlp_bare, mlp_full = mlp_times.values()
         with open(os.path.join(tmp, "calls.jsonl"), "rb") as written:
             lines = sum(1 for _ in written)
         structlog_t, statm_t = _references(tmp, n, r)
