@@ -14,7 +14,14 @@ if TYPE_CHECKING:
     from ._config import Settings, configure
     from ._decorate import GuardedFunction, infer
     from ._describe import describe
-    from ._errors import FallbackWarning, GradguardWarning, TelemetryWarning
+    from ._errors import (
+        FallbackWarning,
+        GradguardWarning,
+        LeakError,
+        LeakWarning,
+        TelemetryWarning,
+    )
+    from ._leaks import Findings, check_module, watch_leaks
     from ._policy import Policy
     from ._proxy import GuardedModule, guard, unguard
     from ._scope import scope
@@ -23,13 +30,17 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FallbackWarning",
+    "Findings",
     "GradguardWarning",
     "GuardedFunction",
     "GuardedModule",
+    "LeakError",
+    "LeakWarning",
     "Policy",
     "Settings",
     "TargetInfo",
     "TelemetryWarning",
+    "check_module",
     "configure",
     "describe",
     "flush",
@@ -37,6 +48,7 @@ __all__ = [
     "infer",
     "scope",
     "unguard",
+    "watch_leaks",
 ]
 
 __version__ = "0.1.0.dev0"
@@ -46,10 +58,14 @@ _WHERE = {
     "GradguardWarning": "._errors",
     "GuardedFunction": "._decorate",
     "GuardedModule": "._proxy",
+    "Findings": "._leaks",
+    "LeakError": "._errors",
+    "LeakWarning": "._errors",
     "Policy": "._policy",
     "Settings": "._config",
     "TargetInfo": "._target",
     "TelemetryWarning": "._errors",
+    "check_module": "._leaks",
     "configure": "._config",
     "describe": "._describe",
     "flush": "._telemetry",
@@ -57,6 +73,7 @@ _WHERE = {
     "infer": "._decorate",
     "scope": "._scope",
     "unguard": "._proxy",
+    "watch_leaks": "._leaks",
 }
 
 

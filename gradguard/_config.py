@@ -22,6 +22,8 @@ __all__ = ["Settings", "configure", "current", "reset"]
 
 Level = Literal["debug", "info", "warning", "error"]
 LEVELS: dict[str, int] = {"debug": 10, "info": 20, "warning": 30, "error": 40}
+LeakLevel = Literal["off", "boundary", "strict"]
+LEAK_LEVELS: tuple[LeakLevel, ...] = ("off", "boundary", "strict")
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,9 @@ class Settings:
         sample: fraction of calls that emit an event (counters count every call).
         seed: seed of the sampling, so the same calls are sampled run after run.
         level: the lowest level emitted: calls are ``"info"``, failed calls ``"error"``.
+        leaks: the leak sentinel, process-wide: ``"off"`` or ``"boundary"`` (inference
+            tensors made by guarded calls entering a module call that autograd records);
+            ``"strict"`` is for blocks, with ``watch_leaks``.
     """
 
     enabled: bool = True
@@ -42,6 +47,7 @@ class Settings:
     sample: float = 1.0
     seed: int | None = None
     level: Level = "info"
+    leaks: LeakLevel = "boundary"
 
 
 def _flag(name: str, value: Any) -> bool:
@@ -74,6 +80,25 @@ def _level(name: str, value: Any) -> Level:
     return value  # type: ignore[no-any-return]
 
 
+def check_leak_level(name: str, value: Any, *, block: bool = False) -> LeakLevel:
+    """Return ``value`` as a leak level, or raise naming ``name`` and the valid levels.
+
+    ``"strict"`` checks every torch operation of the thread, so it is a block of code's
+    setting (``watch_leaks(level="strict")``), not a process-wide one.
+    """
+    if value not in LEAK_LEVELS:
+        msg = f"{name} must be one of {', '.join(map(repr, LEAK_LEVELS))}; got {value!r}"
+        raise ValueError(msg)
+    if value == "strict" and not block:
+        msg = (
+            f"{name}='strict' watches every torch operation of a thread, so it is set for a "
+            "block: `with gradguard.watch_leaks(level='strict'):`; process-wide, use "
+            "'boundary' or 'off'"
+        )
+        raise ValueError(msg)
+    return value  # type: ignore[no-any-return]
+
+
 def _path(name: str, value: Any) -> str | None:
     if value is None or value == "":
         return None
@@ -99,6 +124,7 @@ _CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "sample": check_sample,
     "seed": _seed,
     "level": _level,
+    "leaks": check_leak_level,
 }
 _ENV = {
     "enabled": "GRADGUARD_ENABLED",
@@ -106,6 +132,7 @@ _ENV = {
     "sample": "GRADGUARD_SAMPLE",
     "seed": "GRADGUARD_SEED",
     "level": "GRADGUARD_LEVEL",
+    "leaks": "GRADGUARD_LEAKS",
 }
 
 
@@ -156,9 +183,11 @@ def configure(**options: Any) -> Settings:
     Options: ``enabled`` (bool), ``log_file`` (path, may hold ``{pid}`` and ``{rank}``;
     ``None`` sends events to ``structlog.get_logger("gradguard")`` again), ``sample``
     (fraction of calls that emit an event), ``seed`` (makes sampling reproducible) and
-    ``level`` (``"info"`` or ``"error"`` for failed calls only). Options left out keep
+    ``level`` (``"info"`` or ``"error"`` for failed calls only) and ``leaks`` (the leak
+    sentinel's level: ``"off"``, ``"boundary"``, ``"strict"``). Options left out keep
     their value; the environment variables ``GRADGUARD_ENABLED``, ``GRADGUARD_LOG_FILE``,
-    ``GRADGUARD_SAMPLE``, ``GRADGUARD_SEED`` and ``GRADGUARD_LEVEL`` give the starting
+    ``GRADGUARD_SAMPLE``, ``GRADGUARD_SEED``, ``GRADGUARD_LEVEL`` and ``GRADGUARD_LEAKS``
+    give the starting
     values. Per-target options (``sample=``, ``log=``) override these.
 
     Example::

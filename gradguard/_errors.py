@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["FallbackWarning", "GradguardWarning", "TelemetryWarning"]
+__all__ = ["FallbackWarning", "GradguardWarning", "LeakError", "LeakWarning", "TelemetryWarning"]
 
 
 class GradguardWarning(UserWarning):
@@ -19,3 +19,11 @@ class FallbackWarning(GradguardWarning):
 
 class TelemetryWarning(GradguardWarning):
     """Logging a call failed; the call itself went on. Emitted once per process."""
+
+
+class LeakWarning(GradguardWarning):
+    """An inference tensor made by a guarded call meets autograd; names the call."""
+
+
+class LeakError(RuntimeError):
+    """``watch_leaks(action="raise")``: the leak that ``LeakWarning`` would report."""

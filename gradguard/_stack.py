@@ -8,15 +8,17 @@ import sys
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
-def user_stacklevel() -> int:
+def user_stacklevel(extra_dirs: tuple[str, ...] = ()) -> int:
     """Return the ``stacklevel`` for ``warnings.warn`` called by the caller of this function.
 
-    Counts the frames that belong to gradguard, so the warning is reported at the first
-    frame of user code however deep inside gradguard it was raised.
+    Counts the frames that belong to gradguard (and to ``extra_dirs``: torch's, for a
+    warning raised from a module hook), so the warning is reported at the first frame of
+    user code however deep it was raised.
     """
+    skipped = (_PACKAGE_DIR, *extra_dirs)
     frame = sys._getframe(1)  # the function that will call warnings.warn
     level = 1
-    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+    while frame is not None and frame.f_code.co_filename.startswith(skipped):
         frame = frame.f_back  # type: ignore[assignment]
         level += 1
     return level

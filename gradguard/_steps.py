@@ -16,7 +16,6 @@ from typing import Any
 
 from torch import nn
 
-from ._outputs import clone_inference_tensors
 from ._target import Target
 from ._telemetry import Measure
 
@@ -105,10 +104,10 @@ def _resume(
     gen: Generator[Any, Any, Any],
     response: Any,
 ) -> Generator[Any, Any, Any]:
-    enter, leave, clone = target.enter, target.leave, target.clone
+    enter, leave, deliver = target.enter, target.leave, target.deliver
     while True:
         try:
-            request = yield clone_inference_tensors(response) if clone else response
+            request = yield deliver(response, target.calls)
         except GeneratorExit:
             step = enter(modules, measure)
             try:
@@ -191,8 +190,7 @@ async def coroutine_call(
             if not inference or target.fall_back(error, measure=measure) != "retry":
                 raise
             result = await _Stepped(target, modules, measure, wrapped(*args, **kwargs))
-        if target.clone:
-            result = clone_inference_tensors(result)
+        result = target.deliver(result, target.calls)
     except BaseException as error:
         target.end(measure, error, None)
         raise
@@ -210,7 +208,6 @@ async def async_generator_call(
     """Iterate an async generator with the mode on only while its body runs."""
     modules, measure = target.begin(instance, args, kwargs)
     failure: BaseException | None = None
-    clone = target.clone
     agen = wrapped(*args, **kwargs)
     inference = target.inference
     _running.add(agen)
@@ -233,7 +230,7 @@ async def async_generator_call(
         try:
             while True:
                 try:
-                    request = yield clone_inference_tensors(response) if clone else response
+                    request = yield target.deliver(response, target.calls)
                 except GeneratorExit:
                     await _Stepped(target, modules, measure, agen.aclose())
                     raise

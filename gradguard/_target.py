@@ -21,7 +21,7 @@ from typing import Any, Literal
 import wrapt
 from torch import nn
 
-from . import _eval, _memory, _modes
+from . import _eval, _leaks, _memory, _modes
 from ._errors import FallbackWarning
 from ._outputs import clone_inference_tensors
 from ._policy import Policy
@@ -142,10 +142,10 @@ class Target:
         modules = find(instance, args, kwargs) if find is not None else None
         recorder = self.recorder
         if not recorder.sampled():
-            return self._run(fn, args, kwargs, modules, None)
+            return self._run(fn, args, kwargs, modules, None, call)
         measure = recorder.begin(call, modules, args, kwargs, self.inference, self.switch)
         try:
-            result = self._run(fn, args, kwargs, modules, measure)
+            result = self._run(fn, args, kwargs, modules, measure, call)
         except BaseException as error:
             recorder.end(measure, self, error)
             raise
@@ -159,6 +159,7 @@ class Target:
         kwargs: dict[str, Any],
         modules: list[nn.Module] | None,
         measure: Measure | None,
+        call: int,
     ) -> Any:
         held = _hold(modules) if modules and self.switch else None
         if held is not None and measure is not None:
@@ -195,7 +196,16 @@ class Target:
         finally:
             if held is not None:
                 _release(held)
-        return clone_inference_tensors(result) if self.clone else result
+        return self.deliver(result, call)
+
+    def deliver(self, result: Any, call: int) -> Any:
+        """What the caller gets: clones of inference tensors (``outputs="clone"``), or the
+        result itself, its inference tensors remembered for the leak sentinel."""
+        if self.clone:
+            return clone_inference_tensors(result)
+        if result is not None and _leaks.level()[0] != "off":
+            _leaks.remember(result, self.name, call)
+        return result
 
     # -- calls made of steps: generators, coroutines, blocks ---------------------------
 

@@ -210,6 +210,32 @@ def emit(event: str, level: str, fields: dict[str, Any]) -> None:
         _warn_once(error)
 
 
+def emit_leak(target: str, call: int, receiver: str, message: str) -> None:
+    """Emit a ``gradguard.leak`` event (when logging is on); never raise."""
+    try:
+        if not _config.current().enabled:
+            return
+        rank, world_size = _rank()
+        fields = {
+            "schema": SCHEMA,
+            "timestamp": _timestamp(_time()),
+            "level": "warning",
+            "target": target,
+            "call": call,
+            "receiver": receiver,
+            "message": message,
+            "pid": _pid,
+            "host": _HOST,
+            "thread": threading.current_thread().name,
+            "rank": rank,
+            "world_size": world_size,
+        }
+    except Exception as error:
+        _warn_once(error)
+        return
+    emit("gradguard.leak", "warning", fields)
+
+
 @contextmanager
 def capture_events() -> Iterator[list[dict[str, Any]]]:
     """Collect gradguard's events in a list instead of logging them (for tests).

@@ -9,6 +9,8 @@ import torch
 
 from gradguard import _config, _telemetry
 
+pytest_plugins = ["pytester"]
+
 
 @pytest.fixture(autouse=True)
 def _modes_come_back() -> Iterator[None]:

@@ -1,0 +1,199 @@
+"""The leak sentinel: inference tensors made by guarded calls, caught where they meet autograd."""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import warnings
+import weakref
+from collections.abc import Iterator
+
+import pytest
+import torch
+from torch import nn
+
+import gradguard
+from gradguard import _leaks
+from gradguard.testing import capture_events
+
+
+@pytest.fixture
+def teacher() -> nn.Module:
+    torch.manual_seed(0)
+    return gradguard.guard(nn.Linear(4, 4), name="teacher")
+
+
+@pytest.fixture(autouse=True)
+def _no_leak_state_left() -> Iterator[None]:
+    yield
+    gc.collect()
+    assert _leaks._hook is None, "the module hook outlived the tensors it watches"
+
+
+def test_distillation_teacher_output_into_student_warns_at_the_users_line(
+    teacher: nn.Module,
+) -> None:
+    student_head = nn.Linear(4, 1)
+    teacher_out = teacher(torch.randn(2, 4))
+    with (
+        pytest.warns(gradguard.LeakWarning, match=r"made by teacher \(call 1\)") as record,
+        pytest.raises(RuntimeError, match="Inference tensors cannot be saved"),
+    ):
+        student_head(teacher_out)  # torch fails after gradguard has said why
+    assert record[0].filename == __file__
+    assert "outputs='clone'" in str(record[0].message)
+    assert "Linear module" in str(record[0].message)
+
+
+def test_cached_embeddings_reused_in_a_training_step(teacher: nn.Module) -> None:
+    cache = {"emb": teacher(torch.randn(3, 4))}  # computed once, kept
+    layer = nn.Linear(4, 4).train()
+    with (
+        gradguard.watch_leaks(action="raise"),
+        pytest.raises(gradguard.LeakError, match="made by teacher"),
+    ):
+        layer(cache["emb"])
+
+
+def test_leak_event_goes_through_telemetry(teacher: nn.Module) -> None:
+    out = teacher(torch.randn(1, 4))
+    with (
+        capture_events() as events,
+        pytest.warns(gradguard.LeakWarning),
+        contextlib.suppress(RuntimeError),
+    ):
+        nn.Linear(4, 1)(out)
+    leaks = [e for e in events if e["event"] == "gradguard.leak"]
+    assert [(e["target"], e["call"], e["level"]) for e in leaks] == [("teacher", 1, "warning")]
+
+
+@pytest.mark.parametrize(
+    "use",
+    ["no_grad", "inference_mode", "eval_frozen", "clone_outputs", "no_grad_mode"],
+)
+def test_legitimate_uses_do_not_warn(use: str) -> None:
+    model = nn.Linear(4, 4)
+    options = {"clone_outputs": {"outputs": "clone"}, "no_grad_mode": {"mode": "no_grad"}}
+    guarded = gradguard.guard(model, **options.get(use, {}))  # type: ignore[arg-type]
+    out = guarded(torch.randn(2, 4))
+    consumer = nn.Linear(4, 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", gradguard.LeakWarning)
+        if use == "no_grad":
+            with torch.no_grad():
+                consumer(out)
+        elif use == "inference_mode":
+            with torch.inference_mode():
+                consumer(out)
+        elif use == "eval_frozen":
+            consumer.eval().requires_grad_(False)
+            consumer(out)
+        else:
+            consumer(out).sum().backward()  # ordinary tensors: training works
+
+
+def test_nothing_is_kept_alive_and_the_hook_goes_away(teacher: nn.Module) -> None:
+    out = teacher(torch.randn(2, 4))
+    assert _leaks._hook is not None  # watching while a gradguard-made inference tensor lives
+    ref = weakref.ref(out)
+    del out
+    gc.collect()
+    assert ref() is None
+    assert _leaks._hook is None and _leaks._origins == {}
+
+
+def test_level_off_remembers_nothing(teacher: nn.Module) -> None:
+    gradguard.configure(leaks="off")
+    out = teacher(torch.randn(2, 4))
+    assert _leaks._hook is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", gradguard.LeakWarning)
+        with pytest.raises(RuntimeError, match="Inference tensors cannot be saved"):
+            nn.Linear(4, 1)(out)
+
+
+def test_environment_variable_and_bad_levels(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gradguard import _config
+
+    monkeypatch.setenv("GRADGUARD_LEAKS", "off")
+    _config.reset()
+    assert _config.current().leaks == "off"
+    with pytest.raises(ValueError, match="leaks must be one of 'off', 'boundary', 'strict'"):
+        gradguard.configure(leaks="loud")
+    with pytest.raises(ValueError, match="set for a block"):
+        gradguard.configure(leaks="strict")
+    with pytest.raises(ValueError, match="level must be one of"), gradguard.watch_leaks("x"):  # type: ignore[arg-type]
+        pass
+    with (
+        pytest.raises(ValueError, match="action must be 'warn' or 'raise'"),
+        gradguard.watch_leaks(
+            action="shout"  # type: ignore[arg-type]
+        ),
+    ):
+        pass
+
+
+def test_check_module_finds_parameters_built_under_inference_mode() -> None:
+    with torch.inference_mode():
+        model = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+    findings = gradguard.check_module(model)
+    names = [(f.name, f.kind) for f in findings]
+    assert ("0.weight", "parameter") in names and ("1.running_mean", "buffer") in names
+    assert "outside torch.inference_mode()" in str(findings)
+    clean = gradguard.check_module(nn.Linear(2, 2))
+    assert not clean and clean == []
+    with pytest.raises(TypeError, match=r"check_module\(\) takes an nn.Module"):
+        gradguard.check_module("model")  # type: ignore[arg-type]
+
+
+def test_strict_catches_functional_uses_at_the_exact_op(teacher: nn.Module) -> None:
+    import torch.nn.functional as F
+
+    teacher_out = teacher(torch.randn(2, 4))
+    student_out = nn.Linear(4, 4)(torch.randn(2, 4))
+    with gradguard.watch_leaks(level="strict", action="raise"):
+        with pytest.raises(gradguard.LeakError, match="torch operation mse_loss"):
+            F.mse_loss(student_out, teacher_out)
+        with pytest.raises(gradguard.LeakError, match=r"torch operation add\b"):
+            _ = student_out + teacher_out  # torch itself lets this one through silently
+        with pytest.raises(gradguard.LeakError, match="torch operation add_"):
+            teacher_out.add_(1)
+        with torch.no_grad():
+            F.mse_loss(student_out, teacher_out)  # no graph: no leak
+    assert torch.is_grad_enabled()
+
+
+def test_boundary_does_not_see_functional_uses(teacher: nn.Module) -> None:
+    teacher_out = teacher(torch.randn(2, 4))
+    student_out = nn.Linear(4, 4)(torch.randn(2, 4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", gradguard.LeakWarning)
+        total = student_out + teacher_out  # silently works in torch, and at this level
+    assert total.requires_grad
+
+
+LEAKY_TEST = """
+import torch
+from torch import nn
+import gradguard
+
+def test_distillation():
+    teacher = gradguard.guard(nn.Linear(4, 4), name="teacher")
+    student = nn.Linear(4, 4)
+    x = torch.randn(2, 4)
+    (student(x) + teacher(x)).sum().backward()  # torch lets this through silently
+"""
+
+
+@pytest.mark.parametrize(
+    ("option", "outcome"),
+    [([], {"passed": 1}), (["--gradguard-leaks=strict"], {"failed": 1})],
+)
+def test_pytest_plugin_fails_the_leaking_test_only_when_asked(
+    pytester: pytest.Pytester, option: list[str], outcome: dict[str, int]
+) -> None:
+    pytester.makepyfile(test_leaky=LEAKY_TEST)
+    result = pytester.runpytest_subprocess(*option)  # the plugin comes from its entry point
+    result.assert_outcomes(**outcome)
+    if option:
+        result.stdout.fnmatch_lines(["*LeakError*made by teacher*"])
