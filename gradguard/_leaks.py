@@ -130,20 +130,26 @@ def _forget(key: int, ref: weakref.ref[torch.Tensor]) -> None:
             _hook = None
 
 
+def _note(tensor: torch.Tensor, origin: tuple[str, int]) -> None:
+    global _hook
+    key = id(tensor)
+    ref = weakref.ref(tensor, functools.partial(_forget, key))
+    with _lock:
+        _origins[key] = (ref, _Origin(*origin))
+        if _hook is None:
+            _hook = nn.modules.module.register_module_forward_pre_hook(_check_call)
+
+
 def remember(result: Any, target: str, call: int) -> None:
     """Note that ``target``'s ``call`` made the inference tensors inside ``result``."""
-    global _hook
-    origin = _Origin(target, call)
+    if type(result) is torch.Tensor:  # the common case, without walking containers
+        if result.is_inference():
+            _note(result, (target, call))
+        return
 
     def note(tensor: torch.Tensor) -> torch.Tensor:
-        global _hook
         if tensor.is_inference():
-            key = id(tensor)
-            ref = weakref.ref(tensor, functools.partial(_forget, key))
-            with _lock:
-                _origins[key] = (ref, origin)
-                if _hook is None:
-                    _hook = nn.modules.module.register_module_forward_pre_hook(_check_call)
+            _note(tensor, (target, call))
         return tensor
 
     map_tensors(result, note)
