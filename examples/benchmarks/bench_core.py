@@ -51,6 +51,25 @@ def main() -> None:
     print(f"  @gradguard.infer            {auto_t:7.3f}   {auto_t / torch_t:.2f}x")
     print(f"  @gradguard.infer(mode=...)  {pinned_t:7.3f}   {pinned_t / torch_t:.2f}x")
 
+    linear = nn.Linear(4, 4).eval()
+    x = torch.ones(1, 4)
+    torch_linear = torch.inference_mode()(lambda: linear(x))
+    guarded_linear = gradguard.infer(name="bench.linear")(lambda: linear(x))
+    watched = compare_us({"torch": torch_linear, "guarded": guarded_linear}, n // 4 or 1, r)
+    gradguard.configure(leaks="off")
+    unwatched = compare_us({"torch": torch_linear, "guarded": guarded_linear}, n // 4 or 1, r)
+    gradguard.configure(leaks="boundary")
+    print("a Linear(4, 4) call returning its tensor (µs per call)")
+    print(f"  @torch.inference_mode()                {unwatched['torch']:7.3f}   1.00x")
+    print(
+        f"  @gradguard.infer, leak sentinel off    {unwatched['guarded']:7.3f}   "
+        f"{unwatched['guarded'] / unwatched['torch']:.2f}x"
+    )
+    print(
+        f"  @gradguard.infer, leaks='boundary'     {watched['guarded']:7.3f}   "
+        f"+{watched['guarded'] - watched['torch']:.2f} µs (remembering the output)"
+    )
+
     model = deep_model()
     count = len(list(model.modules()))
     m = max(n // 100, 50)
