@@ -108,12 +108,8 @@ def _resume(
     while True:
         try:
             request = yield deliver(response, target.calls)
-        except GeneratorExit:
-            step = enter(modules, measure)
-            try:
-                gen.close()
-            finally:
-                leave(step)
+        except GeneratorExit:  # closed early, or collected: its cleanup runs guarded too
+            target.run_step(modules, measure, gen.close)
             raise
         except BaseException as thrown:
             advance: Callable[[Any], Any] = gen.throw
@@ -161,11 +157,7 @@ class _Stepped:
                 try:
                     value, thrown = (yield yielded), None
                 except GeneratorExit:
-                    step = enter(modules, measure)
-                    try:
-                        inner.close()
-                    finally:
-                        leave(step)
+                    self._target.run_step(modules, measure, inner.close)
                     raise
                 except BaseException as error:  # cancellation included: the body sees it
                     value, thrown = None, error

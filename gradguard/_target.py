@@ -256,6 +256,16 @@ class Target:
             _memory.resume(tracker)
         return held, token, tracker
 
+    def run_step(
+        self, modules: list[nn.Module], measure: Measure | None, fn: Callable[[], Any]
+    ) -> Any:
+        """Run one step of a body (``gen.close``, say) between ``enter`` and ``leave``."""
+        step = self.enter(modules, measure)
+        try:
+            return fn()
+        finally:
+            self.leave(step)
+
     def leave(self, step: Step) -> None:
         """Leave the mode and give the modules their flags back, whatever happened."""
         held, token, tracker = step

@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
+import argparse
 import timeit
 from collections.abc import Callable
+
+
+def arguments(description: str | None) -> tuple[int, int]:
+    """Parse the options every benchmark takes: calls per round, and rounds."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--number", type=int, default=20000, help="calls per round")
+    parser.add_argument("--repeat", type=int, default=15, help="rounds; the best is kept")
+    args = parser.parse_args()
+    return args.number, args.repeat
 
 
 def best_us(fn: Callable[[], object], number: int, repeat: int) -> float:

@@ -8,10 +8,8 @@ Each figure is the best of several repeats of many calls (timeit's advice for no
 
 from __future__ import annotations
 
-import argparse
-
 import torch
-from _timing import best_us, compare_us  # beside this script
+from _timing import arguments, best_us, compare_us  # beside this script
 from torch import nn
 
 import gradguard
@@ -23,11 +21,7 @@ def deep_model(blocks: int = 100) -> nn.Module:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--number", type=int, default=20000, help="calls per repeat")
-    parser.add_argument("--repeat", type=int, default=15, help="repeats; the best is kept")
-    args = parser.parse_args()
-    n, r = args.number, args.repeat
+    n, r = arguments(__doc__)
     # The core alone: telemetry has its own benchmark (bench_telemetry.py).
     gradguard.configure(enabled=False)
 

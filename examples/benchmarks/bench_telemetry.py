@@ -10,23 +10,18 @@ full telemetry on a small MLP forward, in percent.
 
 from __future__ import annotations
 
-import argparse
 import os
 import tempfile
 
 import torch
-from _timing import best_us, compare_us  # beside this script
+from _timing import arguments, best_us, compare_us  # beside this script
 from torch import nn
 
 import gradguard
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--number", type=int, default=20000, help="calls per repeat")
-    parser.add_argument("--repeat", type=int, default=15, help="repeats; the best is kept")
-    args = parser.parse_args()
-    n, r = args.number, args.repeat
+    n, r = arguments(__doc__)
     torch.set_num_threads(1)
 
     def noop() -> None:
