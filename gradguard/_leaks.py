@@ -30,7 +30,7 @@ from torch.overrides import TorchFunctionMode
 
 from ._config import LeakLevel, check_leak_level, current
 from ._errors import LeakError, LeakWarning
-from ._outputs import map_tensors
+from ._outputs import map_tensors, shallow_tensors
 from ._stack import user_stacklevel
 
 __all__ = ["Finding", "Findings", "check_module", "level", "remember", "watch_leaks"]
@@ -93,7 +93,7 @@ class _Strict(TorchFunctionMode):
     def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
         if _origins and torch.is_grad_enabled() and not torch.is_inference_mode_enabled():
-            tensors = [*_inputs(args), *_inputs(kwargs.values())]
+            tensors = [*shallow_tensors(args), *shallow_tensors(kwargs.values())]
             name = getattr(func, "__name__", str(func))
             in_place = name.endswith("_") and not name.endswith("__")
             if in_place or any(t.requires_grad for t in tensors):
@@ -174,22 +174,12 @@ def _records(module: nn.Module) -> bool:
     return any(p is not None and p.requires_grad for p in module._parameters.values())
 
 
-def _inputs(args: Any) -> Iterator[torch.Tensor]:
-    for arg in args:
-        if isinstance(arg, torch.Tensor):
-            yield arg
-        elif isinstance(arg, (list, tuple)):
-            yield from (a for a in arg if isinstance(a, torch.Tensor))
-        elif isinstance(arg, dict):
-            yield from (a for a in arg.values() if isinstance(a, torch.Tensor))
-
-
 def _check_call(module: nn.Module, args: Any) -> None:
     """Global forward pre-hook, installed only while gradguard-made inference tensors live."""
     current, action = level()
     if current == "off" or not _records(module):
         return
-    for tensor in _inputs(args):
+    for tensor in shallow_tensors(args):
         if tensor.is_inference():
             origin = origin_of(tensor)
             if origin is not None:

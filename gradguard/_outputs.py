@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 
-__all__ = ["any_tensor", "clone_inference_tensors", "map_tensors"]
+__all__ = ["any_tensor", "clone_inference_tensors", "map_tensors", "shallow_tensors"]
 
 _Tensor = torch.Tensor
 _MAX_DEPTH = 32  # outputs nest a few levels; deeper structures are left as they are
@@ -66,6 +66,21 @@ def map_tensors(obj: Any, fn: Callable[[torch.Tensor], torch.Tensor], depth: int
             object.__setattr__(new_obj, name, value)  # frozen dataclasses too
         return new_obj
     return obj
+
+
+def shallow_tensors(values: Any) -> Iterator[torch.Tensor]:
+    """The tensors among ``values`` and one level into their lists, tuples and dicts.
+
+    Where a call's inputs are looked at on every call (its device, a module's inputs),
+    a full walk would cost more than it finds.
+    """
+    for value in values:
+        if isinstance(value, _Tensor):
+            yield value
+        elif isinstance(value, (list, tuple)):
+            yield from (item for item in value if isinstance(item, _Tensor))
+        elif isinstance(value, dict):
+            yield from (item for item in value.values() if isinstance(item, _Tensor))
 
 
 def _clone_if_inference(tensor: torch.Tensor) -> torch.Tensor:

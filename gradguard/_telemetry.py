@@ -34,7 +34,7 @@ import torch
 from . import _config
 from ._errors import TelemetryWarning
 from ._memory import Probe, TensorProbe, probe_for, suspend
-from ._outputs import any_tensor
+from ._outputs import any_tensor, shallow_tensors
 from ._stack import user_stacklevel
 
 if TYPE_CHECKING:
@@ -303,25 +303,10 @@ class Measure:
         self.tracker: Any = None
 
 
-def _first_tensor(values: Any) -> torch.Tensor | None:
-    for value in values:
-        if isinstance(value, _Tensor):
-            return value
-        if isinstance(value, (list, tuple)):
-            for item in value:
-                if isinstance(item, _Tensor):
-                    return item
-        elif isinstance(value, dict):
-            for item in value.values():
-                if isinstance(item, _Tensor):
-                    return item
-    return None
-
-
 def _device_of(args: Any, kwargs: Any, modules: Any) -> torch.device | None:
-    tensor = _first_tensor(args)
+    tensor = next(shallow_tensors(args), None)
     if tensor is None and kwargs:
-        tensor = _first_tensor(kwargs.values())
+        tensor = next(shallow_tensors(kwargs.values()), None)
     if tensor is not None:
         return tensor.device
     for module in modules or ():
