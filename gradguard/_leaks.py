@@ -115,7 +115,9 @@ class _Origin:
 
 
 _origins: dict[int, tuple[weakref.ref[torch.Tensor], _Origin]] = {}
-_lock = threading.Lock()
+# Reentrant: a weak reference's callback (_forget) runs wherever the collector frees a
+# tensor, which may be inside this lock, in this very thread.
+_lock = threading.RLock()
 _hook: Any = None
 
 
@@ -133,9 +135,9 @@ def _forget(key: int, ref: weakref.ref[torch.Tensor]) -> None:
 def _note(tensor: torch.Tensor, origin: tuple[str, int]) -> None:
     global _hook
     key = id(tensor)
-    ref = weakref.ref(tensor, functools.partial(_forget, key))
+    entry = (weakref.ref(tensor, functools.partial(_forget, key)), _Origin(*origin))
     with _lock:
-        _origins[key] = (ref, _Origin(*origin))
+        _origins[key] = entry
         if _hook is None:
             _hook = nn.modules.module.register_module_forward_pre_hook(_check_call)
 

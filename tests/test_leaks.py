@@ -197,3 +197,18 @@ def test_pytest_plugin_fails_the_leaking_test_only_when_asked(
     result.assert_outcomes(**outcome)
     if option:
         result.stdout.fnmatch_lines(["*LeakError*made by teacher*"])
+
+
+def test_a_weakref_callback_inside_the_lock_does_not_deadlock() -> None:
+    # The collector may free a remembered tensor (and run _forget) while this thread is
+    # inside _note's lock: the lock must be reentrant.
+    import threading
+
+    def forget_inside_the_lock() -> None:
+        with _leaks._lock:
+            _leaks._forget(-1, weakref.ref(torch.ones(1)))
+
+    worker = threading.Thread(target=forget_inside_the_lock, daemon=True)
+    worker.start()
+    worker.join(timeout=10)
+    assert not worker.is_alive()
