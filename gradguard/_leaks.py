@@ -93,14 +93,21 @@ class _Strict(TorchFunctionMode):
     def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
         if _origins and torch.is_grad_enabled() and not torch.is_inference_mode_enabled():
-            tensors = [*shallow_tensors(args), *shallow_tensors(kwargs.values())]
-            name = getattr(func, "__name__", str(func))
-            in_place = name.endswith("_") and not name.endswith("__")
-            if in_place or any(t.requires_grad for t in tensors):
-                for tensor in tensors:
+            current, action = level()  # an inner watch_leaks("off") turns it off
+            if current != "off":
+                name = getattr(func, "__name__", str(func))
+                if name.endswith("_") and not name.endswith("__"):
+                    # In place: only the tensor updated matters (buf.copy_(t) is how one
+                    # leaves inference mode, and is fine).
+                    suspects = list(shallow_tensors(args[:1]))
+                else:
+                    tensors = [*shallow_tensors(args), *shallow_tensors(kwargs.values())]
+                    recorded = any(t.requires_grad for t in tensors)
+                    suspects = tensors if recorded else []
+                for tensor in suspects:
                     origin = origin_of(tensor) if tensor.is_inference() else None
                     if origin is not None:
-                        _report(origin, f"torch operation {name}", level()[1])
+                        _report(origin, f"torch operation {name}", action)
                         break
         return func(*args, **kwargs)
 
@@ -108,11 +115,7 @@ class _Strict(TorchFunctionMode):
 # --- provenance ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Origin:
-    target: str
-    call: int
-
+_Origin = tuple[str, int]  # (target, call): a tuple, built on every remembered tensor
 
 _origins: dict[int, tuple[weakref.ref[torch.Tensor], _Origin]] = {}
 # Reentrant: a weak reference's callback (_forget) runs wherever the collector frees a
@@ -122,20 +125,26 @@ _hook: Any = None
 
 
 def _forget(key: int, ref: weakref.ref[torch.Tensor]) -> None:
-    global _hook
+    # The hook is not removed here: a collection can run this callback while torch is
+    # iterating over its global hooks. The hook removes itself at the next module call.
     with _lock:
         entry = _origins.get(key)
         if entry is not None and entry[0] is ref:
             del _origins[key]
+
+
+def _unhook() -> None:
+    global _hook
+    with _lock:
         if not _origins and _hook is not None:
             _hook.remove()  # nothing left to watch for: module calls cost nothing again
             _hook = None
 
 
-def _note(tensor: torch.Tensor, origin: tuple[str, int]) -> None:
+def _note(tensor: torch.Tensor, origin: _Origin) -> None:
     global _hook
     key = id(tensor)
-    entry = (weakref.ref(tensor, functools.partial(_forget, key)), _Origin(*origin))
+    entry = (weakref.ref(tensor, functools.partial(_forget, key)), origin)
     with _lock:
         _origins[key] = entry
         if _hook is None:
@@ -168,30 +177,42 @@ def origin_of(tensor: torch.Tensor) -> _Origin | None:
 # --- the boundary check -------------------------------------------------------------------
 
 
-def _records(module: nn.Module) -> bool:
-    if not torch.is_grad_enabled() or torch.is_inference_mode_enabled():
-        return False
-    if module.training:
-        return True
-    return any(p is not None and p.requires_grad for p in module._parameters.values())
+def _records(module: nn.Module, inputs: list[torch.Tensor]) -> bool:
+    """Whether autograd records this module call: some parameter or input needs grad.
+
+    A module in training mode whose parameters are frozen records nothing, and its
+    containers are checked when their children run.
+    """
+    return any(t.requires_grad for t in inputs) or any(
+        p is not None and p.requires_grad for p in module._parameters.values()
+    )
 
 
 def _check_call(module: nn.Module, args: Any) -> None:
     """Global forward pre-hook, installed only while gradguard-made inference tensors live."""
-    current, action = level()
-    if current == "off" or not _records(module):
+    if not _origins:
+        _unhook()
         return
-    for tensor in shallow_tensors(args):
-        if tensor.is_inference():
-            origin = origin_of(tensor)
-            if origin is not None:
-                _report(origin, f"the {type(module).__name__} module", action)
-                return
+    if torch.is_inference_mode_enabled() or not torch.is_grad_enabled():
+        return  # the cheap checks first: inside guarded calls this is every module call
+    inputs = list(shallow_tensors(args))
+    suspects = [t for t in inputs if t.is_inference()]
+    if not suspects or not _records(module, inputs):
+        return
+    current, action = level()
+    if current == "off":
+        return
+    for tensor in suspects:
+        origin = origin_of(tensor)
+        if origin is not None:
+            _report(origin, f"the {type(module).__name__} module", action)
+            return
 
 
 def _report(origin: _Origin, receiver: str, action: Action) -> None:
+    target, call = origin
     msg = (
-        f"gradguard: an inference tensor made by {origin.target} (call {origin.call}) "
+        f"gradguard: an inference tensor made by {target} (call {call}) "
         f"enters {receiver} while autograd records a graph: torch fails ('Inference "
         "tensors cannot be saved for backward') wherever the graph must keep it. Fix: give "
         "that target mode='no_grad' or outputs='clone', or pass tensor.clone() made "
@@ -199,7 +220,7 @@ def _report(origin: _Origin, receiver: str, action: Action) -> None:
     )
     from ._telemetry import emit_leak
 
-    emit_leak(origin.target, origin.call, receiver, msg)
+    emit_leak(target, call, receiver, msg)
     if action == "raise":
         raise LeakError(msg)
     warnings.warn(msg, LeakWarning, stacklevel=user_stacklevel(extra_dirs=(_TORCH_DIR,)))

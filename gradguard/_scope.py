@@ -98,7 +98,7 @@ class scope:  # used like a function: `with gradguard.scope(model):`
             )
             raise RuntimeError(msg)
         target = self._target
-        modules, self._measure = target.begin(None, (), {}, self._modules)
+        modules, self._measure, _ = target.begin(None, (), {}, self._modules)
         self._inference = target.inference
         self._step = target.enter(modules, self._measure)
         self._block = [target, self._step, False]

@@ -69,7 +69,7 @@ def generator_call(
     kwargs: dict[str, Any],
 ) -> Generator[Any, Any, Any]:
     """Run a generator with the mode on only while its body runs."""
-    modules, measure = target.begin(instance, args, kwargs)
+    modules, measure, call = target.begin(instance, args, kwargs)
     failure: BaseException | None = None
     result = None
     try:
@@ -83,7 +83,7 @@ def generator_call(
         inference = target.inference
         _running.add(gen)
         try:
-            result = yield from _resume(target, modules, measure, gen, response)
+            result = yield from _resume(target, modules, measure, gen, response, call)
         except RuntimeError as error:
             _late_fall_back(target, error, inference, measure)
             raise
@@ -103,11 +103,12 @@ def _resume(
     measure: Measure | None,
     gen: Generator[Any, Any, Any],
     response: Any,
+    call: int,
 ) -> Generator[Any, Any, Any]:
     enter, leave, deliver = target.enter, target.leave, target.deliver
     while True:
         try:
-            request = yield deliver(response, target.calls)
+            request = yield deliver(response, call)
         except GeneratorExit:  # closed early, or collected: its cleanup runs guarded too
             target.run_step(modules, measure, gen.close)
             raise
@@ -173,7 +174,7 @@ async def coroutine_call(
     kwargs: dict[str, Any],
 ) -> Any:
     """Await a coroutine with the mode on only while its body runs."""
-    modules, measure = target.begin(instance, args, kwargs)
+    modules, measure, call = target.begin(instance, args, kwargs)
     inference = target.inference
     try:
         try:
@@ -182,7 +183,7 @@ async def coroutine_call(
             if not inference or target.fall_back(error, measure=measure) != "retry":
                 raise
             result = await _Stepped(target, modules, measure, wrapped(*args, **kwargs))
-        result = target.deliver(result, target.calls)
+        result = target.deliver(result, call)
     except BaseException as error:
         target.end(measure, error, None)
         raise
@@ -198,7 +199,7 @@ async def async_generator_call(
     kwargs: dict[str, Any],
 ) -> AsyncGenerator[Any, Any]:
     """Iterate an async generator with the mode on only while its body runs."""
-    modules, measure = target.begin(instance, args, kwargs)
+    modules, measure, call = target.begin(instance, args, kwargs)
     failure: BaseException | None = None
     agen = wrapped(*args, **kwargs)
     inference = target.inference
@@ -222,7 +223,7 @@ async def async_generator_call(
         try:
             while True:
                 try:
-                    request = yield target.deliver(response, target.calls)
+                    request = yield target.deliver(response, call)
                 except GeneratorExit:
                     await _Stepped(target, modules, measure, agen.aclose())
                     raise

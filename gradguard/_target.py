@@ -215,11 +215,11 @@ class Target:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         modules: list[nn.Module] | None = None,
-    ) -> tuple[list[nn.Module], Measure | None]:
+    ) -> tuple[list[nn.Module], Measure | None, int]:
         """Start a call made of steps: count it, find its modules, start measuring it.
 
-        Returns the modules each step switches to eval, and the measure (``None`` when
-        the call is not sampled).
+        Returns the modules each step switches to eval, the measure (``None`` when the
+        call is not sampled), and the call's number.
         """
         call = self.calls = self._next_call()
         if modules is None:
@@ -231,7 +231,7 @@ class Target:
             if recorder.sampled()
             else None
         )
-        return (modules if self.switch else []), measure
+        return (modules if self.switch else []), measure, call
 
     def end(self, measure: Measure | None, error: BaseException | None, result: Any) -> None:
         """Finish a call made of steps: emit its event when it was measured."""

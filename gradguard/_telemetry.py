@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import atexit
 import contextvars
+import math
 import os
 import random
 import socket
@@ -60,16 +61,31 @@ def _line_renderer() -> Any:
         import json
 
         def render(event: dict[str, Any]) -> bytes:
-            text = json.dumps(event, default=repr, separators=(",", ":"))
+            try:
+                text = json.dumps(event, default=repr, separators=(",", ":"))
+            except TypeError:  # keys json cannot write (a tuple, say): as strings
+                text = json.dumps(_str_keys(event), default=repr, separators=(",", ":"))
             return text.encode() + b"\n"
 
         return render
     option = orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS
 
     def render_orjson(event: dict[str, Any]) -> bytes:
-        return orjson.dumps(event, default=repr, option=option)
+        try:
+            return orjson.dumps(event, default=repr, option=option)
+        except TypeError:  # keys orjson cannot write (a tuple, say): as strings
+            return orjson.dumps(_str_keys(event), default=repr, option=option)
 
     return render_orjson
+
+
+def _str_keys(value: Any) -> Any:
+    """``value`` with the keys of every dict inside it made strings."""
+    if isinstance(value, dict):
+        return {str(k): _str_keys(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_str_keys(v) for v in value]
+    return value
 
 
 _render_line = _line_renderer()
@@ -80,7 +96,7 @@ _stamp: tuple[int, str] = (0, "")
 def _timestamp(now: float) -> str:
     """ISO 8601 UTC with microseconds; the date and time of day are formatted once a second."""
     global _stamp
-    second = int(now)
+    second = math.floor(now)
     cached = _stamp
     if cached[0] != second:
         cached = _stamp = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
@@ -144,16 +160,13 @@ class _FileSink:
         directory = os.path.dirname(self.path)
         if directory:
             os.makedirs(directory, exist_ok=True)
+        # Unbuffered: each write() is one system call, one whole line.
         self.file = open(self.path, "ab", buffering=0)  # noqa: SIM115 - lives with the sink
-        self.fd = self.file.fileno()
         self.merge = structlog.contextvars.merge_contextvars
 
     def write(self, level: str, event: str, fields: dict[str, Any]) -> None:
         fields["event"] = event
-        if self.file.closed:
-            msg = f"write to closed file {self.path!r}"
-            raise ValueError(msg)
-        os.write(self.fd, _render_line(self.merge(None, level, fields)))
+        self.file.write(_render_line(self.merge(None, level, fields)))
 
 
 _sink: _FileSink | None = None

@@ -27,6 +27,7 @@ def teacher() -> nn.Module:
 def _no_leak_state_left() -> Iterator[None]:
     yield
     gc.collect()
+    nn.Identity()(torch.ones(1))  # the hook leaves at the first module call it finds idle
     assert _leaks._hook is None, "the module hook outlived the tensors it watches"
 
 
@@ -99,7 +100,9 @@ def test_nothing_is_kept_alive_and_the_hook_goes_away(teacher: nn.Module) -> Non
     del out
     gc.collect()
     assert ref() is None
-    assert _leaks._hook is None and _leaks._origins == {}
+    assert _leaks._origins == {}
+    nn.Identity()(torch.ones(1))  # the next module call finds nothing to watch, and unhooks
+    assert _leaks._hook is None
 
 
 def test_level_off_remembers_nothing(teacher: nn.Module) -> None:
@@ -212,3 +215,25 @@ def test_a_weakref_callback_inside_the_lock_does_not_deadlock() -> None:
     worker.start()
     worker.join(timeout=10)
     assert not worker.is_alive()
+
+
+def test_generator_values_name_the_call_that_made_them() -> None:
+    @gradguard.infer(name="batches")
+    def batches() -> Iterator[torch.Tensor]:
+        yield nn.Linear(2, 2)(torch.ones(1, 2))
+
+    first = next(batches())
+    second_gen = batches()
+    next(second_gen)
+    assert _leaks.origin_of(first) == ("batches", 1)
+
+
+def test_frozen_training_modules_and_in_place_copies_are_not_leaks(teacher: nn.Module) -> None:
+    frozen = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.1)).train().requires_grad_(False)
+    teacher_out = teacher(torch.randn(2, 4))
+    buffer = torch.zeros(2, 4)
+    with gradguard.watch_leaks(level="strict", action="raise"):
+        frozen(teacher_out)  # nothing requires grad: no graph, no leak
+        buffer.copy_(teacher_out)  # the usual way out of inference mode
+        with gradguard.watch_leaks(level="off"):
+            _ = nn.Linear(4, 4)(torch.ones(2, 4)) + teacher_out  # turned off inside

@@ -460,3 +460,20 @@ def test_threads_calling_one_target_get_distinct_call_numbers() -> None:
         for thread in threads:
             thread.join()
     assert sorted(e["call"] for e in events) == list(range(1, 801))
+
+
+def test_context_values_with_keys_json_cannot_write_still_log(tmp_path: Path) -> None:
+    gradguard.configure(log_file=str(tmp_path / "k.jsonl"))
+    with structlog.contextvars.bound_contextvars(routing={("a", 1): "x"}):
+        predict(nn.Linear(1, 1), torch.ones(1, 1))
+        predict(nn.Linear(1, 1), torch.ones(1, 1))
+    lines = read_lines(tmp_path / "k.jsonl")
+    assert len(lines) == 2
+    assert lines[0]["routing"] == {"('a', 1)": "x"}
+
+
+def test_timestamps_are_iso_utc_on_either_side_of_the_epoch() -> None:
+    from gradguard._telemetry import _timestamp
+
+    assert _timestamp(0.25) == "1970-01-01T00:00:00.250000Z"
+    assert _timestamp(-1.5) == "1969-12-31T23:59:58.500000Z"
