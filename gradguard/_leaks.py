@@ -96,9 +96,10 @@ class _Strict(TorchFunctionMode):
             current, action = level()  # an inner watch_leaks("off") turns it off
             if current != "off":
                 name = getattr(func, "__name__", str(func))
-                if name.endswith("_") and not name.endswith("__"):
-                    # In place: only the tensor updated matters (buf.copy_(t) is how one
-                    # leaves inference mode, and is fine).
+                in_place = name.endswith("_") and not name.endswith("__")
+                if in_place:
+                    # Only the tensor updated matters (buf.copy_(t) is how one leaves
+                    # inference mode, and is fine).
                     suspects = list(shallow_tensors(args[:1]))
                 else:
                     tensors = [*shallow_tensors(args), *shallow_tensors(kwargs.values())]
@@ -107,7 +108,7 @@ class _Strict(TorchFunctionMode):
                 for tensor in suspects:
                     origin = origin_of(tensor) if tensor.is_inference() else None
                     if origin is not None:
-                        _report(origin, f"torch operation {name}", action)
+                        _report(origin, f"torch operation {name}", action, in_place)
                         break
         return func(*args, **kwargs)
 
@@ -209,14 +210,22 @@ def _check_call(module: nn.Module, args: Any) -> None:
             return
 
 
-def _report(origin: _Origin, receiver: str, action: Action) -> None:
+def _report(origin: _Origin, receiver: str, action: Action, in_place: bool = False) -> None:
     target, call = origin
+    if in_place:
+        what = (
+            f"is updated in place by {receiver} outside inference mode, which torch refuses "
+            "('Inplace update to inference tensor outside InferenceMode')"
+        )
+    else:
+        what = (
+            f"enters {receiver} while autograd records a graph: torch fails ('Inference "
+            "tensors cannot be saved for backward') wherever the graph must keep it"
+        )
     msg = (
-        f"gradguard: an inference tensor made by {target} (call {call}) "
-        f"enters {receiver} while autograd records a graph: torch fails ('Inference "
-        "tensors cannot be saved for backward') wherever the graph must keep it. Fix: give "
-        "that target mode='no_grad' or outputs='clone', or pass tensor.clone() made "
-        "outside inference mode."
+        f"gradguard: an inference tensor made by {target} (call {call}) {what}. Fix: give "
+        "that target mode='no_grad' or outputs='clone', or use tensor.clone() made outside "
+        "inference mode."
     )
     from ._telemetry import emit_leak
 
