@@ -449,3 +449,35 @@ def test_an_unknown_fail_on_condition_is_refused() -> None:
 def test_an_unknown_grouping_is_refused() -> None:
     with pytest.raises(ValueError, match="by must be one of target, rank, host, device"):
         Collector("pid")  # type: ignore[arg-type]
+
+
+def test_typed_batch_decoding_gives_the_line_by_line_summary() -> None:
+    # With msgspec installed, batches are decoded whole into typed records; the summary
+    # must be the one the exact line-by-line path gives, odd lines included.
+    pytest.importorskip("msgspec", reason="the typed fast path needs msgspec")
+    from gradguard._audit._summary import Collector
+    from tests._audit_helpers import call, leak, lines, random_calls
+
+    batch = lines(random_calls(3000, seed=5)).splitlines()
+    # Lines only the exact path may judge, among the well-formed ones.
+    odd = [leak("a"), {"event": "other"}, call(wall_ms=-1.0), {**call(), "schema": 2}]
+    for i, extra in enumerate(lines(odd).splitlines()):
+        batch.insert(100 + 700 * i, extra)
+    typed, plain = Collector(), Collector()
+    plain._decode_batch = None
+    assert typed._decode_batch is not None
+    taken: list[int] = []
+    feed_typed = typed._feed_typed
+
+    def counting(records: list[Any], chunk: Any) -> None:
+        taken.append(len(records))
+        feed_typed(records, chunk)
+
+    typed._feed_typed = counting  # type: ignore[method-assign]
+    for collector in (typed, plain):
+        for start in range(0, len(batch), 500):
+            collector.feed(batch[start : start + 500])
+    summary = typed.summary()
+    assert summary == plain.summary()
+    assert sum(taken) == len(batch)  # every batch went through the fast path
+    assert summary.totals.leaks == 1 and summary.skipped == 3

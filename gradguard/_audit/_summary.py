@@ -22,7 +22,7 @@ from datetime import datetime
 from operator import itemgetter
 from typing import Any, Literal
 
-from gradguard._audit import _reader
+from gradguard._audit import _reader, _typed
 from gradguard._audit._sketch import MAX_INDEXABLE, LogSketch
 
 __all__ = [
@@ -252,6 +252,7 @@ class Collector:
         self._other = 0
         self._invalid = 0
         self._pending = 0
+        self._decode_batch = _typed.batch_decoder()
 
     def _group(self, key: GroupKey) -> _Group:
         g = _Group(self.alpha)
@@ -266,6 +267,11 @@ class Collector:
         lists that the sketches fold in bulk. Events missing optional fields,
         leaks and foreign events take the slower :meth:`_uncommon` path.
         """
+        if loads is None and self._decode_batch is not None:
+            records = self._decode_batch(lines)
+            if records is not None:
+                self._feed_typed(records, lines)
+                return
         loads = _reader.loads if loads is None else loads
         groups = self._groups
         new_group = self._group
@@ -347,6 +353,62 @@ class Collector:
         self._not_json += not_json
         self._invalid += invalid
         self._end_batch(len(lines))
+
+    def _feed_typed(self, records: list[Any], lines: Sequence[bytes]) -> None:
+        """Account for a batch decoded by msgspec: its complete, valid call events here,
+        every other line through the exact line-by-line path."""
+        top = MAX_INDEXABLE
+        by = self.by
+        rest = []
+        calls = []
+        for r, line in zip(records, lines, strict=True):
+            gpu, mem, wall, target = r.gpu_ms, r.mem_peak_bytes, r.wall_ms, r.target
+            if (
+                r.event != "gradguard.call"
+                or r.schema != 1
+                or target is None
+                or wall is None
+                or r.fallback is None
+                or (r.status != "ok" and r.status != "error")
+                or (r.mode != "inference" and r.mode != "no_grad")
+                or not 0.0 <= wall <= top
+                or r.training_modules < 0
+                or (gpu is not None and not 0.0 <= gpu <= top)
+                or (mem is not None and not 0 <= mem <= top)
+            ):
+                rest.append(line)
+            else:
+                calls.append(r)
+        groups = self._groups
+        new_group = self._group
+        add_timestamp = self._timestamps.append
+        for r in calls:
+            key = getattr(r, by)
+            g = groups.get(key)
+            if g is None:
+                g = new_group(key)
+            g.add_wall(r.wall_ms)
+            if r.gpu_ms is not None:
+                g.add_gpu(r.gpu_ms)
+            if r.mem_peak_bytes is not None:
+                g.add_mem(r.mem_peak_bytes)
+            if r.device is not None:
+                g.devices.add(r.device)
+            if r.rank is not None:
+                g.ranks.add(r.rank)
+            if r.timestamp is not None:
+                add_timestamp(r.timestamp)
+            if r.status != "ok":
+                g.errors += 1
+            if r.mode != "inference":
+                g.no_grad += 1
+            if r.fallback:
+                g.fallbacks += 1
+            if r.grad_recorded or r.training_modules:
+                g.grad += 1
+        self._end_batch(len(calls))
+        if rest:
+            self.feed(rest, loads=_reader.loads)
 
     def _uncommon(self, rec: Any) -> tuple[Any, ...] | None:
         """Handle what the fast path cannot: missing optional fields, leaks, other events.
