@@ -107,11 +107,17 @@ def _build(args: argparse.Namespace, device: torch.device) -> tuple[nn.Module, t
         try:
             factory = getattr(importlib.import_module(module_name), factory_name)
         except (ImportError, AttributeError) as error:
-            msg = f"--model {args.model!r}: cannot load it ({error})"
+            msg = (
+                f"--model {args.model!r}: cannot load it ({error}); run from where the module "
+                "imports (or set PYTHONPATH) and name a function defined in it"
+            )
             raise UsageError(msg) from None
         model = factory()
         if not isinstance(model, nn.Module):
-            msg = f"--model {args.model!r} returned a {type(model).__name__}, not an nn.Module"
+            msg = (
+                f"--model {args.model!r} returned a {type(model).__name__}, not an nn.Module; "
+                "name a function that builds and returns the model"
+            )
             raise UsageError(msg)
         try:
             shape = tuple(int(d) for d in args.input_shape.split(","))
@@ -226,7 +232,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             device = torch.device(args.device)
         except RuntimeError as error:
-            msg = f"--device: {error}"
+            msg = f"--device: {error}; use cpu, cuda, cuda:N or mps"
             raise UsageError(msg) from None
     else:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
