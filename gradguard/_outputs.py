@@ -9,10 +9,45 @@ from typing import Any
 
 import torch
 
-__all__ = ["any_tensor", "clone_inference_tensors", "map_tensors", "shallow_tensors"]
+__all__ = [
+    "any_tensor",
+    "clone_inference_tensors",
+    "each_tensor",
+    "map_tensors",
+    "shallow_tensors",
+]
 
 _Tensor = torch.Tensor
 _MAX_DEPTH = 32  # outputs nest a few levels; deeper structures are left as they are
+# What holds no tensor, by exact type: a container of nothing else (``.tolist()``) is
+# passed over in one C-level look.
+_ATOMS = frozenset({int, float, bool, str, bytes, complex, type(None)})
+
+
+def each_tensor(obj: Any, fn: Callable[[torch.Tensor], object], depth: int = 0) -> bool:
+    """Call ``fn`` on every tensor inside ``obj`` until it returns true; return whether it did.
+
+    The same walk as ``map_tensors`` (tuples, lists, dicts, dataclasses, ModelOutput)
+    without building anything: for looking, not changing.
+    """
+    if isinstance(obj, _Tensor):
+        return bool(fn(obj))
+    if depth >= _MAX_DEPTH or type(obj) in _ATOMS:
+        return False
+    depth += 1
+    if isinstance(obj, dict):
+        obj = obj.values()
+    elif not isinstance(obj, (tuple, list)):
+        if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+            obj = [getattr(obj, f.name) for f in dataclasses.fields(obj)]
+        else:
+            return False
+    if _ATOMS.issuperset(map(type, obj)):  # all plain values, checked in C (.tolist())
+        return False
+    for item in obj:  # noqa: SIM110 - a plain loop: any() would build a generator
+        if type(item) not in _ATOMS and each_tensor(item, fn, depth):
+            return True
+    return False
 
 
 def map_tensors(obj: Any, fn: Callable[[torch.Tensor], torch.Tensor], depth: int = 0) -> Any:
@@ -97,12 +132,4 @@ def clone_inference_tensors(obj: Any) -> Any:
 
 def any_tensor(obj: Any, predicate: Callable[[torch.Tensor], bool]) -> bool:
     """Whether ``predicate`` holds for some tensor inside ``obj``."""
-    found = False
-
-    def check(tensor: torch.Tensor) -> torch.Tensor:
-        nonlocal found
-        found = found or predicate(tensor)
-        return tensor
-
-    map_tensors(obj, check)
-    return found
+    return each_tensor(obj, predicate)

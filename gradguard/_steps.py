@@ -69,7 +69,8 @@ def generator_call(
     kwargs: dict[str, Any],
 ) -> Generator[Any, Any, Any]:
     """Run a generator with the mode on only while its body runs."""
-    modules, measure, call = target.begin(instance, args, kwargs)
+    modules, measure, stepped = target.begin(instance, args, kwargs)
+    call = stepped[0]
     failure: BaseException | None = None
     result = None
     try:
@@ -94,7 +95,7 @@ def generator_call(
         failure = None if isinstance(error, GeneratorExit) else error  # closed early: fine
         raise
     finally:
-        target.end(measure, failure, result)
+        target.end(measure, failure, result, stepped)
 
 
 def _resume(
@@ -174,7 +175,8 @@ async def coroutine_call(
     kwargs: dict[str, Any],
 ) -> Any:
     """Await a coroutine with the mode on only while its body runs."""
-    modules, measure, call = target.begin(instance, args, kwargs)
+    modules, measure, stepped = target.begin(instance, args, kwargs)
+    call = stepped[0]
     inference = target.inference
     try:
         try:
@@ -185,9 +187,9 @@ async def coroutine_call(
             result = await _Stepped(target, modules, measure, wrapped(*args, **kwargs))
         result = target.deliver(result, call)
     except BaseException as error:
-        target.end(measure, error, None)
+        target.end(measure, error, None, stepped)
         raise
-    target.end(measure, None, result)
+    target.end(measure, None, result, stepped)
     return result
 
 
@@ -199,7 +201,8 @@ async def async_generator_call(
     kwargs: dict[str, Any],
 ) -> AsyncGenerator[Any, Any]:
     """Iterate an async generator with the mode on only while its body runs."""
-    modules, measure, call = target.begin(instance, args, kwargs)
+    modules, measure, stepped = target.begin(instance, args, kwargs)
+    call = stepped[0]
     failure: BaseException | None = None
     agen = wrapped(*args, **kwargs)
     inference = target.inference
@@ -243,4 +246,4 @@ async def async_generator_call(
         raise
     finally:
         _running.discard(agen)
-        target.end(measure, failure, None)
+        target.end(measure, failure, None, stepped)

@@ -31,6 +31,7 @@ from ._telemetry import Measure, Recorder
 __all__ = [
     "ModuleFinder",
     "Step",
+    "Stepped",
     "Target",
     "TargetInfo",
     "fixed_modules",
@@ -41,6 +42,7 @@ __all__ = [
 Kind = Literal["function", "module", "scope"]
 ModuleFinder = Callable[[Any, tuple[Any, ...], dict[str, Any]], list[nn.Module]]
 Step = tuple[Any, Any, Any]  # (eval hold or None, mode token, tensor tracker or None)
+Stepped = tuple[int, int, list[nn.Module]]  # (call, registrations seen at its start, modules)
 
 _Module = nn.Module
 _Proxy = wrapt.ObjectProxy
@@ -49,6 +51,8 @@ _release = _eval.release
 _enter = _modes.enter
 _InferenceMode = _modes._InferenceMode
 _leave = _modes.leave
+_landed = _leaks.landed
+_watching = _leaks.watching
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,8 @@ class Target:
         "find_modules",
         "inference",
         "kind",
+        "known",
+        "leak_warned",
         "name",
         "policy",
         "reason",
@@ -109,6 +115,10 @@ class Target:
         self.find_modules = find_modules
         self.switch = policy.eval
         self.recorder = Recorder(name, policy)
+        # Inference tensors in its modules at its last look (leaks into the modules).
+        self.known: set[int] | None = None
+        self.leak_warned = False
+        _leaks.watch_registrations()
         self._fallback_lock = threading.Lock()
         if policy.mode == "auto":
             need = _modes.grad_need(*code)
@@ -161,6 +171,9 @@ class Target:
         measure: Measure | None,
         call: int,
     ) -> Any:
+        if modules and call == 1:
+            self.look_before(modules)
+        mark = _landed.seq
         held = _hold(modules) if modules and self.switch else None
         if held is not None and measure is not None:
             measure.switched = held.switched
@@ -196,14 +209,29 @@ class Target:
         finally:
             if held is not None:
                 _release(held)
+        if modules and (_landed.seq != mark or not call & (call - 1)):
+            self.look_after(modules, call, mark)
         return self.deliver(result, call)
+
+    def look_before(self, modules: list[nn.Module]) -> None:
+        """Before the first call: note the inference tensors its modules already hold."""
+        if _leaks.watching():
+            self.known = _leaks.modules_before(modules)
+
+    def look_after(self, modules: list[nn.Module], call: int, mark: int) -> None:
+        """After a call that registered something, or on calls 1, 2, 4…: warn when it left
+        new inference tensors in its modules (see ``_leaks.modules_after``)."""
+        self.known, warned = _leaks.modules_after(
+            modules, self.name, call, mark, self.known, not self.leak_warned
+        )
+        self.leak_warned = self.leak_warned or warned
 
     def deliver(self, result: Any, call: int) -> Any:
         """What the caller gets: clones of inference tensors (``outputs="clone"``), or the
         result itself, its inference tensors remembered for the leak sentinel."""
         if self.clone:
             return clone_inference_tensors(result)
-        if result is not None and _leaks.level()[0] != "off":
+        if result is not None and _watching():
             _leaks.remember(result, self.name, call)
         return result
 
@@ -215,28 +243,42 @@ class Target:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         modules: list[nn.Module] | None = None,
-    ) -> tuple[list[nn.Module], Measure | None, int]:
+    ) -> tuple[list[nn.Module], Measure | None, Stepped]:
         """Start a call made of steps: count it, find its modules, start measuring it.
 
         Returns the modules each step switches to eval, the measure (``None`` when the
-        call is not sampled), and the call's number.
+        call is not sampled), and what ``end`` needs (the call's number first).
         """
         call = self.calls = self._next_call()
         if modules is None:
             find = self.find_modules
             modules = find(instance, args, kwargs) if find is not None else []
+        if modules and call == 1:
+            self.look_before(modules)
         recorder = self.recorder
         measure = (
             recorder.begin(call, modules, args, kwargs, self.inference, self.switch, True)
             if recorder.sampled()
             else None
         )
-        return (modules if self.switch else []), measure, call
+        return (modules if self.switch else []), measure, (call, _landed.seq, modules)
 
-    def end(self, measure: Measure | None, error: BaseException | None, result: Any) -> None:
-        """Finish a call made of steps: emit its event when it was measured."""
-        if measure is not None:
-            self.recorder.end(measure, self, error, result)
+    def end(
+        self,
+        measure: Measure | None,
+        error: BaseException | None,
+        result: Any,
+        stepped: Stepped | None = None,
+    ) -> None:
+        """Finish a call made of steps: look at its modules, emit its event."""
+        try:
+            if stepped is not None and error is None:
+                call, mark, modules = stepped
+                if modules and (_landed.seq != mark or not call & (call - 1)):
+                    self.look_after(modules, call, mark)
+        finally:
+            if measure is not None:
+                self.recorder.end(measure, self, error, result)
 
     def enter(self, modules: list[nn.Module], measure: Measure | None = None) -> Step:
         """Switch ``modules`` to eval and enter the mode; ``leave`` undoes both."""

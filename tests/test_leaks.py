@@ -237,3 +237,141 @@ def test_frozen_training_modules_and_in_place_copies_are_not_leaks(teacher: nn.M
         buffer.copy_(teacher_out)  # the usual way out of inference mode
         with gradguard.watch_leaks(level="off"):
             _ = nn.Linear(4, 4)(torch.ones(2, 4)) + teacher_out  # turned off inside
+
+
+# --- inference tensors a guarded call leaves in its modules -------------------------------
+
+
+class _LazyRotary(nn.Module):
+    """Builds its cos/sin cache on the first forward, as many attention layers do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not hasattr(self, "cos_cached"):
+            self.register_buffer("cos_cached", torch.arange(4.0).cos(), persistent=False)
+        return self.proj(x) * self.cos_cached
+
+
+def test_a_cache_built_inside_a_call_warns_once_naming_the_call_and_the_buffer() -> None:
+    model = nn.Sequential(_LazyRotary())
+    guarded = gradguard.guard(model, name="decoder")
+    with capture_events() as events, pytest.warns(gradguard.LeakWarning) as record:
+        guarded(torch.ones(2, 4))
+    assert record[0].filename == __file__
+    message = str(record[0].message)
+    assert "decoder (call 1)" in message
+    assert "buffer '0.cos_cached'" in message
+    assert "mode='no_grad'" in message
+    (leak,) = [e for e in events if e["event"] == "gradguard.leak"]
+    assert (leak["target"], leak["call"]) == ("decoder", 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", gradguard.LeakWarning)
+        for _ in range(5):
+            guarded(torch.ones(2, 4))  # nothing new: no more warnings
+    assert [f.name for f in gradguard.check_module(model)] == ["0.cos_cached"]
+
+
+def test_the_same_cache_built_under_no_grad_mode_is_no_leak() -> None:
+    guarded = gradguard.guard(_LazyRotary(), mode="no_grad")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", gradguard.LeakWarning)
+        guarded(torch.ones(2, 4))
+    assert not gradguard.check_module(guarded)
+
+
+def test_half_inside_a_later_call_is_found_within_a_power_of_two_calls() -> None:
+    model = nn.Linear(3, 3)
+
+    @gradguard.infer(name="convert")
+    def convert(model: nn.Module, now: bool) -> None:
+        if now:
+            model.to(torch.float64)  # registers nothing: only a look at the tensors sees it
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", gradguard.LeakWarning)
+        for _ in range(4):  # calls 1-4
+            convert(model, now=False)
+        convert(model, now=True)  # call 5
+        convert(model, now=False)  # 6
+        convert(model, now=False)  # 7
+    with pytest.warns(gradguard.LeakWarning, match=r"convert \(one of calls 5-8\)"):
+        convert(model, now=False)  # 8: the next look
+    assert model.weight.is_inference()
+
+
+def test_a_submodule_replaced_inside_a_call_is_named_by_its_path() -> None:
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+
+    @gradguard.infer(name="fuse")
+    def fuse(model: nn.Sequential) -> None:
+        model[1] = nn.Linear(4, 2)  # built under inference mode: its parameters too
+
+    with pytest.warns(gradguard.LeakWarning) as record:
+        fuse(model)
+    assert "parameter '1.weight', parameter '1.bias'" in str(record[0].message)
+
+
+def test_tensors_already_in_the_model_or_in_dropped_modules_are_not_this_calls() -> None:
+    with torch.inference_mode():
+        loaded = nn.Linear(2, 2)  # built under inference mode before any guarded call
+
+    @gradguard.infer(name="predict")
+    def predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        scratch = nn.Linear(2, 2)  # made and dropped inside the call
+        return model(scratch(x))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", gradguard.LeakWarning)
+        for _ in range(4):
+            predict(loaded, torch.ones(1, 2))
+    assert len(gradguard.check_module(loaded)) == 2  # check_module is the tool for those
+
+
+def test_a_cache_built_in_a_scope_or_a_generator_is_found_too() -> None:
+    model = _LazyRotary()
+    with (
+        pytest.warns(gradguard.LeakWarning, match=r"scope\.block \(call 1\)"),
+        gradguard.scope(model, name="scope.block"),
+    ):
+        model(torch.ones(1, 4))
+
+    @gradguard.infer(name="stream")
+    def stream(model: nn.Module) -> Iterator[torch.Tensor]:
+        yield model(torch.ones(1, 4))
+
+    with pytest.warns(gradguard.LeakWarning, match=r"stream \(call 1\)"):
+        list(stream(_LazyRotary()))
+
+
+def test_module_leaks_raise_under_watch_leaks_raise_and_are_off_with_level_off() -> None:
+    with (
+        gradguard.watch_leaks(action="raise"),
+        pytest.raises(gradguard.LeakError, match="left inference tensors"),
+    ):
+        gradguard.guard(_LazyRotary())(torch.ones(1, 4))
+    gradguard.configure(leaks="off")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", gradguard.LeakWarning)
+        gradguard.guard(_LazyRotary())(torch.ones(1, 4))
+
+
+def test_a_module_about_to_train_with_an_inference_buffer_warns_before_torch_fails(
+    teacher: nn.Module,
+) -> None:
+    model = _LazyRotary()
+    with pytest.warns(gradguard.LeakWarning):
+        gradguard.guard(model, name="rotary")(torch.ones(1, 4))
+    teacher_out = teacher(torch.ones(1, 4))  # a gradguard-made tensor alive: watching
+    model.train()
+    with (
+        pytest.warns(gradguard.LeakWarning, match="about to train") as record,
+        pytest.raises(RuntimeError, match="Inference tensors cannot be saved"),
+    ):
+        model(teacher_out.clone().requires_grad_())
+    message = str(record[0].message)
+    assert "buffer 'cos_cached' of the _LazyRotary module" in message
+    assert "made by rotary (call 1)" in message
+    assert record[0].filename == __file__

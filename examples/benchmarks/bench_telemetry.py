@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
+from collections.abc import Callable
 
 import torch
 from _timing import arguments, best_us, compare_us  # beside this script
@@ -43,10 +45,15 @@ def main() -> None:
         mlp = nn.Sequential(nn.Linear(256, 512), nn.ReLU(), nn.Linear(512, 256)).eval()
         x = torch.randn(32, 256)
         bare_mlp = torch.inference_mode()(lambda: mlp(x))
+        quiet_mlp = gradguard.infer(log=False, name="bench.mlp.off")(lambda: mlp(x))
+        no_memory_mlp = gradguard.infer(memory=False, name="bench.mlp.nomem")(lambda: mlp(x))
         full_mlp = gradguard.infer(name="bench.mlp")(lambda: mlp(x))
         m = max(n // 20, 1)
-        mlp_times = compare_us({"bare": bare_mlp, "full": full_mlp}, m, r)
-        mlp_bare, mlp_full = mlp_times.values()
+        mlp_times = compare_us(
+            {"bare": bare_mlp, "off": quiet_mlp, "nomem": no_memory_mlp, "full": full_mlp}, m, r
+        )
+        mlp_bare, mlp_off, mlp_nomem, mlp_full = mlp_times.values()
+        cold_statm = _statm_after(lambda: bare_mlp(), m, r)
         with open(os.path.join(tmp, "calls.jsonl"), "rb") as written:
             lines = sum(1 for _ in written)
         structlog_t, statm_t = _references(tmp, n, r)
@@ -62,14 +69,20 @@ def main() -> None:
         f"+{full_t - bare_t:.2f} µs above the decorator"
     )
     print("for reference, in the same run (what a full event cannot avoid)")
-    print(f"  structlog + orjson + BytesLogger,   {structlog_t:7.3f}   one 25-field event, alone")
+    print(
+        f"  structlog + orjson + BytesLogger,   {structlog_t:7.3f}   one 25-field event, alone; "
+        f"the full event costs {(full_t - bare_t) / structlog_t:.2f}x that"
+    )
     print(f"  two reads of /proc/self/statm       {statm_t:7.3f}")
     print(f"small MLP forward (32x256 -> 512 -> 256), µs per call; {lines} JSON lines written")
     print(f"  @torch.inference_mode()             {mlp_bare:7.1f}")
-    print(
-        f"  gradguard, full event to a file     {mlp_full:7.1f}   "
-        f"{(mlp_full / mlp_bare - 1) * 100:+.1f}%"
-    )
+    for label, value in (
+        ("logging off (eval check, mode)", mlp_off),
+        ("full event, memory=False", mlp_nomem),
+        ("full event to a file", mlp_full),
+    ):
+        print(f"  gradguard, {label:<25s}{value:7.1f}   {(value / mlp_bare - 1) * 100:+.1f}%")
+    print(f"  one read of /proc/self/statm, right after a forward: {cold_statm:.2f} µs")
 
 
 def _references(tmp: str, n: int, r: int) -> tuple[float, float]:
@@ -97,6 +110,29 @@ def _references(tmp: str, n: int, r: int) -> tuple[float, float]:
     finally:
         os.close(fd)
     return structlog_t, statm_t
+
+
+def _statm_after(forward: Callable[[], object], number: int, repeat: int) -> float:
+    """µs of one RSS read made right after ``forward``, as a logged call makes it.
+
+    A system call after a forward finds the caches full of the model's data: it costs
+    more than the same call in a tight loop.
+    """
+    fd = os.open("/proc/self/statm", os.O_RDONLY)
+    clock = time.perf_counter_ns
+    best = float("inf")
+    try:
+        for _ in range(repeat):
+            total = 0
+            for _ in range(number):
+                forward()
+                start = clock()
+                os.pread(fd, 64, 0)
+                total += clock() - start
+            best = min(best, total / number / 1000)
+    finally:
+        os.close(fd)
+    return best
 
 
 def _has_orjson() -> bool:
