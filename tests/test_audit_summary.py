@@ -481,3 +481,30 @@ def test_typed_batch_decoding_gives_the_line_by_line_summary() -> None:
     assert summary == plain.summary()
     assert sum(taken) == len(batch)  # every batch went through the fast path
     assert summary.totals.leaks == 1 and summary.skipped == 3
+
+
+@pytest.mark.parametrize("by", ["target", "rank", "host", "device"])
+def test_blocks_read_whole_are_decoded_without_splitting_them(by: str) -> None:
+    # The reader hands msgspec each chunk as one block (_reader.Lines); it is split
+    # into lines only when a line needs the exact path, and the summary is the same.
+    pytest.importorskip("msgspec", reason="the typed fast path needs msgspec")
+    from gradguard._audit._reader import Lines
+    from gradguard._audit._summary import Collector
+    from tests._audit_helpers import call, leak, lines, random_calls
+
+    clean = lines([*random_calls(800, seed=9), leak("a"), {"event": "http.request"}])
+    odd = lines([leak(None), call(wall_ms=-1.0)])  # only the exact path says why
+    typed, plain = Collector(by), Collector(by)  # type: ignore[arg-type]
+    plain._decode_batch = None
+    data = [clean.rstrip(b"\n"), odd.rstrip(b"\n")]
+    blocks = [Lines(d) for d in data]
+    for block, d in zip(blocks, data, strict=True):
+        typed.feed(block)
+        plain.feed(d.split(b"\n"))
+    assert blocks[0]._lines is None  # never split: every line was taken typed
+    assert blocks[1]._lines is not None
+    summary = typed.summary()
+    assert summary == plain.summary()
+    assert summary.totals.calls == 800
+    assert summary.totals.leaks == 1
+    assert summary.skipped_by_reason == {"not_json": 0, "other_event": 1, "invalid": 2}

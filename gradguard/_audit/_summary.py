@@ -355,60 +355,86 @@ class Collector:
         self._end_batch(len(lines))
 
     def _feed_typed(self, records: list[Any], lines: Sequence[bytes]) -> None:
-        """Account for a batch decoded by msgspec: its complete, valid call events here,
-        every other line through the exact line-by-line path."""
+        """Account for a batch decoded by msgspec, in one pass over its records.
+
+        Complete, valid call events are accounted for here, leaks and foreign events
+        counted from their typed fields; any other line (a call event with a field
+        missing or out of range) goes through the exact line-by-line path, which decides
+        its skip. ``lines`` is only looked at for those, so a batch read as one block
+        (``_reader.Lines``) is never split into lines.
+        """
         top = MAX_INDEXABLE
         by = self.by
-        rest = []
-        calls = []
-        for r, line in zip(records, lines, strict=True):
-            gpu, mem, wall, target = r.gpu_ms, r.mem_peak_bytes, r.wall_ms, r.target
-            if (
-                r.event != "gradguard.call"
-                or r.schema != 1
-                or target is None
-                or wall is None
-                or r.fallback is None
-                or (r.status != "ok" and r.status != "error")
-                or (r.mode != "inference" and r.mode != "no_grad")
-                or not 0.0 <= wall <= top
-                or r.training_modules < 0
-                or (gpu is not None and not 0.0 <= gpu <= top)
-                or (mem is not None and not 0 <= mem <= top)
-            ):
-                rest.append(line)
-            else:
-                calls.append(r)
         groups = self._groups
         new_group = self._group
         add_timestamp = self._timestamps.append
-        for r in calls:
-            key = getattr(r, by)
-            g = groups.get(key)
-            if g is None:
-                g = new_group(key)
-            g.add_wall(r.wall_ms)
-            if r.gpu_ms is not None:
-                g.add_gpu(r.gpu_ms)
-            if r.mem_peak_bytes is not None:
-                g.add_mem(r.mem_peak_bytes)
-            if r.device is not None:
-                g.devices.add(r.device)
-            if r.rank is not None:
-                g.ranks.add(r.rank)
-            if r.timestamp is not None:
-                add_timestamp(r.timestamp)
-            if r.status != "ok":
-                g.errors += 1
-            if r.mode != "inference":
-                g.no_grad += 1
-            if r.fallback:
-                g.fallbacks += 1
-            if r.grad_recorded or r.training_modules:
-                g.grad += 1
-        self._end_batch(len(calls))
+        rest: list[int] = []
+        other = calls = 0
+        for index, r in enumerate(records):
+            event = r.event
+            if event == "gradguard.call":
+                wall, gpu, mem, status, mode = (
+                    r.wall_ms,
+                    r.gpu_ms,
+                    r.mem_peak_bytes,
+                    r.status,
+                    r.mode,
+                )
+                if (
+                    r.schema != 1
+                    or r.target is None
+                    or wall is None
+                    or r.fallback is None
+                    or (status != "ok" and status != "error")
+                    or (mode != "inference" and mode != "no_grad")
+                    or not 0.0 <= wall <= top
+                    or r.training_modules < 0
+                    or (gpu is not None and not 0.0 <= gpu <= top)
+                    or (mem is not None and not 0 <= mem <= top)
+                ):
+                    rest.append(index)
+                    continue
+                calls += 1
+                key = getattr(r, by)
+                g = groups.get(key)
+                if g is None:
+                    g = new_group(key)
+                g.add_wall(wall)
+                if gpu is not None:
+                    g.add_gpu(gpu)
+                if mem is not None:
+                    g.add_mem(mem)
+                if r.device is not None:
+                    g.devices.add(r.device)
+                if r.rank is not None:
+                    g.ranks.add(r.rank)
+                if r.timestamp is not None:
+                    add_timestamp(r.timestamp)
+                if status != "ok":
+                    g.errors += 1
+                if mode != "inference":
+                    g.no_grad += 1
+                if r.fallback:
+                    g.fallbacks += 1
+                if r.grad_recorded or r.training_modules:
+                    g.grad += 1
+            elif event == "gradguard.leak":
+                if r.target is None:  # the exact path says why it is skipped
+                    rest.append(index)
+                    continue
+                key = getattr(r, by)
+                g = groups.get(key)
+                if g is None:
+                    g = new_group(key)
+                g.leaks += 1
+                if r.timestamp is not None:
+                    add_timestamp(r.timestamp)
+            else:
+                other += 1
+        self._other += other
+        self._end_batch(calls)
         if rest:
-            self.feed(rest, loads=_reader.loads)
+            self.feed([lines[i] for i in rest], loads=_reader.loads)
 
     def _uncommon(self, rec: Any) -> tuple[Any, ...] | None:
         """Handle what the fast path cannot: missing optional fields, leaks, other events.

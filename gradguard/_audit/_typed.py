@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ._reader import Lines
+
 __all__ = ["batch_decoder"]
 
 
@@ -27,7 +29,7 @@ def batch_decoder() -> Callable[[Sequence[bytes]], list[Any] | None] | None:
     except ImportError:
         return None
 
-    class Call(msgspec.Struct):
+    class Call(msgspec.Struct, gc=False):  # scalars and strings: nothing for gc to track
         event: str | None = None
         schema: int | None = None
         target: str | None = None
@@ -48,8 +50,9 @@ def batch_decoder() -> Callable[[Sequence[bytes]], list[Any] | None] | None:
     failures = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
 
     def decode(lines: Sequence[bytes]) -> list[Any] | None:
+        data = lines.data if isinstance(lines, Lines) else b"\n".join(lines)
         try:
-            records = decode_lines(b"\n".join(lines))
+            records = decode_lines(data)
         except failures:
             return None
         # Blank lines are dropped by decode_lines; the line-by-line path skips them too,
