@@ -29,7 +29,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from ._config import LeakLevel, check_leak_level, current
-from ._errors import LeakError, LeakWarning
+from ._errors import GradguardWarning, LeakError, LeakWarning
 from ._outputs import each_tensor, shallow_tensors
 from ._stack import user_stacklevel
 
@@ -162,15 +162,14 @@ _handle: Any = None  # registered once; installing again puts its entry back
 
 
 def _forget(key: int, ref: weakref.ref[torch.Tensor]) -> None:
-    # The last watched tensor gone, the hook goes at once, so module calls cost nothing
-    # again. This may run inside a module call's hooks: Module.__call__ runs a copy of
-    # the global hooks (torch 2), so taking one out of torch's dict here is safe.
+    # The hook is not taken out here: a collection can run this callback while torch
+    # copies its global hooks for a module call, and a change then would break that
+    # call. It goes at the next guarded call's start (``unhook_idle``) or at the next
+    # module call (``_check_call``), whichever comes first.
     with _lock:
         entry = _origins.get(key)
         if entry is not None and entry[0] is ref:
             del _origins[key]
-        if not _origins:
-            _unhook()
 
 
 def _unhook() -> None:
@@ -179,6 +178,13 @@ def _unhook() -> None:
         if not _origins and _hook is not None:
             _hook.remove()
             _hook = None
+
+
+def unhook_idle() -> None:
+    """At a guarded call's start: take the hook out if every watched tensor has died, so
+    that the call's own module calls take torch's path without hooks."""
+    if _hook is not None and not _origins:
+        _unhook()
 
 
 def _install() -> None:
@@ -257,8 +263,8 @@ def _check_call(module: nn.Module, args: Any) -> None:
             if parameter is not None and parameter.requires_grad:
                 recorded = True
                 break
-    if recorded or module.training:
-        _check_own(module)  # about to train: its own parameters and buffers first
+    if _resident and (recorded or module.training):
+        _check_own(module, recorded)  # about to train: its own parameters and buffers first
     if suspect is None or not recorded:
         return
     current, action = level()
@@ -274,44 +280,35 @@ def _check_call(module: nn.Module, args: Any) -> None:
         _report(origin, f"the {type(module).__name__} module", action)
 
 
-def _check_own(module: nn.Module) -> None:
-    """Report a parameter or buffer of ``module`` that is an inference tensor.
+def _check_own(module: nn.Module, recorded: bool) -> None:
+    """Report a parameter or buffer of ``module`` that a guarded call left as an
+    inference tensor (``look_after``), when the module is about to train with it.
 
-    Autograd fails on it in this very forward or at the optimizer's in-place step. The
-    call that left it there is named when gradguard saw it (``modules_after``).
+    A parameter matters when autograd records the call; a buffer also when the module
+    trains (BatchNorm updates its running stats in place). Inference tensors gradguard
+    did not make are left to ``check_module``: torch may well never fail on them.
     """
-    for parameter in module._parameters.values():
-        if parameter is not None and parameter.is_inference():
-            return _report_own(module)
-    for buffer in module._buffers.values():
-        if buffer is not None and buffer.is_inference():
-            return _report_own(module)
-    return None
+    tables = ((module._parameters, "parameter", recorded), (module._buffers, "buffer", True))
+    for table, kind, matters in tables:
+        if not matters:
+            continue
+        for name, tensor in table.items():
+            entry = _resident.get(id(tensor)) if tensor is not None else None
+            if entry is not None and entry[0]() is tensor:
+                _report_own(module, kind, name, entry[1])
+                return
 
 
-def _report_own(module: nn.Module) -> None:
+def _report_own(module: nn.Module, kind: str, name: str, origin: _Origin) -> None:
     current, action = level()
     if current == "off":
         return
-    own: list[tuple[str, str, torch.Tensor]] = [
-        ("parameter", n, t) for n, t in module._parameters.items() if t is not None
-    ]
-    own += [("buffer", n, t) for n, t in module._buffers.items() if t is not None]
-    kind, name, tensor = next(item for item in own if item[2].is_inference())
-    entry = _resident.get(id(tensor))
-    known = entry is not None and entry[0]() is tensor
-    origin = entry[1] if entry is not None and known else ("unknown", 0)
-    made = (
-        f"made by {origin[0]} (call {origin[1]})"
-        if known
-        else "made under inference mode (the model was built or loaded in it)"
-    )
     msg = (
-        f"gradguard: {kind} {name!r} of the {type(module).__name__} module is an "
-        f"inference tensor, {made}, and the module is about to train: torch fails "
-        "where autograd meets it. Fix: give that target mode='no_grad', or build or "
-        "load the model outside inference mode; gradguard.check_module(model) "
-        "lists every such tensor."
+        f"gradguard: {kind} {name!r} of the {type(module).__name__} module is an inference "
+        f"tensor left by {origin[0]} (call {origin[1]}), and the module is about to train: "
+        "torch fails where autograd must save it for backward, or where it is updated in "
+        "place. Fix: give that target mode='no_grad', or build the tensor outside "
+        "inference mode; gradguard.check_module(model) lists every such tensor."
     )
     from ._telemetry import emit_leak
 
@@ -368,25 +365,31 @@ class _Landed:
 
 
 landed = _Landed()
-_MAX_LANDED = 1024  # registrations no guarded call claims (a model built outside one)
+_MAX_LANDED = 4096  # registrations no guarded call claims (a model built outside one)
 _registration_handles: list[Any] = []
+_is_lazy = torch.nn.parameter.is_lazy
+
+
+def _inference(value: Any) -> bool:
+    """Whether ``value`` is an initialised inference tensor (lazy parameters are neither)."""
+    return isinstance(value, _Tensor) and not _is_lazy(value) and value.is_inference()
 
 
 def _landed_hook(kind: str) -> Any:
     def hook(module: nn.Module, name: str, value: Any) -> None:
-        if value is None:
-            return
-        if kind == "module":
-            if not torch.is_inference_mode_enabled():
+        try:
+            if value is None or not _inference_enabled():
                 return
-        elif not value.is_inference():
-            return
-        with _lock:
-            landed.seq += 1
-            entries = landed.entries
-            entries.append((landed.seq, threading.get_ident(), weakref.ref(module), name, kind))
-            if len(entries) > _MAX_LANDED:
-                del entries[: _MAX_LANDED // 2]
+            if kind != "module" and not _inference(value):
+                return
+            with _lock:
+                landed.seq += 1
+                entries = landed.entries
+                entries.append((landed.seq, threading.get_ident(), weakref.ref(module), name, kind))
+                if len(entries) > _MAX_LANDED:
+                    del entries[: _MAX_LANDED // 2]
+        except Exception as error:  # a registration must never fail because of gradguard
+            _internal_error(error)
 
     return hook
 
@@ -395,7 +398,7 @@ def watch_registrations() -> None:
     """Install the registration hooks that ``landed`` reads (once, when a target is made).
 
     torch runs them only when a module gets a parameter, buffer or submodule, never on a
-    forward; they note inference tensors only.
+    forward; outside inference mode they return at once.
     """
     if _registration_handles:
         return
@@ -411,60 +414,64 @@ def watch_registrations() -> None:
             )
 
 
-_Resident = dict[int, tuple[str, str, torch.Tensor]]  # id -> (qualified name, kind, tensor)
+_Found = dict[int, tuple[str, str, torch.Tensor]]  # id -> (qualified name, kind, tensor)
 
 
-def _inference_tensors(roots: list[nn.Module]) -> _Resident:
-    """Every parameter and buffer below ``roots`` that is an inference tensor."""
-    found: _Resident = {}
-    for root in roots:
-        prefix = "" if len(roots) == 1 else f"{type(root).__name__}."
-        for name, parameter in root.named_parameters():
-            if parameter.is_inference():
-                found[id(parameter)] = (prefix + name, "parameter", parameter)
-        for name, buffer in root.named_buffers():
-            if buffer.is_inference():
-                found[id(buffer)] = (prefix + name, "buffer", buffer)
+def _inference_tensors(root: nn.Module, prefix: str = "") -> _Found:
+    """Every parameter and buffer below ``root`` that is an inference tensor."""
+    found: _Found = {}
+    for name, parameter in root.named_parameters():
+        if _inference(parameter):
+            found[id(parameter)] = (prefix + name, "parameter", parameter)
+    for name, buffer in root.named_buffers():
+        if _inference(buffer):
+            found[id(buffer)] = (prefix + name, "buffer", buffer)
     return found
 
 
-def _claim(roots: list[nn.Module], mark: int) -> _Resident:
+def _prefix(roots: list[nn.Module], root: nn.Module) -> str:
+    return "" if len(roots) == 1 else f"{type(root).__name__}."
+
+
+def _claim(roots: list[nn.Module], mark: int) -> _Found:
     """The inference tensors registered into ``roots`` by this thread since ``mark``."""
     thread = threading.get_ident()
     with _lock:
         mine = [e for e in landed.entries if e[0] > mark and e[1] == thread]
-        if not mine:
-            return {}
+        if mine:
+            claimed = set(map(id, mine))
+            landed.entries = [e for e in landed.entries if id(e) not in claimed]
+    # A module made and dropped inside the call is gone by now: no walk for it.
+    alive = [
+        (module, name, kind) for _, _, ref, name, kind in mine if (module := ref()) is not None
+    ]
+    if not alive:
+        return {}
     where: dict[int, str] = {}
     for root in roots:
-        prefix = "" if len(roots) == 1 else f"{type(root).__name__}."
+        prefix = _prefix(roots, root)
         for name, module in root.named_modules():
             where.setdefault(id(module), prefix + name)
-    found: _Resident = {}
-    claimed = []
-    for entry in mine:
-        _, _, ref, name, kind = entry
-        module = ref()
-        if module is None or id(module) not in where:
-            continue  # a module the call made and dropped, or an outer call's: not ours
-        claimed.append(entry)
-        path = f"{where[id(module)]}.{name}".lstrip(".")
+    found: _Found = {}
+    for module, name, kind in alive:
+        path = where.get(id(module))
+        if path is None:
+            continue  # not in the call's models: not this call's to report
+        path = f"{path}.{name}".lstrip(".")
         if kind == "module":
             child = module._modules.get(name)
             if child is not None:
-                for sub, (subname, subkind, tensor) in _inference_tensors([child]).items():
-                    found[sub] = (f"{path}.{subname}", subkind, tensor)
+                found.update(_inference_tensors(child, path + "."))
             continue
         table: dict[str, Any] = module._parameters if kind == "parameter" else module._buffers
         value = table.get(name)
-        if value is not None and value.is_inference():
+        if value is not None and _inference(value):
             found[id(value)] = (path, kind, value)
-    if claimed:
-        with _lock:
-            landed.entries = [e for e in landed.entries if e not in claimed]
     return found
 
 
+# What the last look saw in each model: id(root) -> (root, ids of its inference tensors).
+_baselines: dict[int, tuple[weakref.ref[nn.Module], set[int]]] = {}
 # Inference tensors found in modules, with the call that left them (weakly, by id).
 _resident: dict[int, tuple[weakref.ref[torch.Tensor], _Origin]] = {}
 
@@ -476,51 +483,79 @@ def _forget_resident(key: int, ref: weakref.ref[torch.Tensor]) -> None:
             del _resident[key]
 
 
-def modules_before(roots: list[nn.Module]) -> set[int]:
-    """What a target's first call compares against: the inference tensors already there."""
-    return set(_inference_tensors(roots))
+def _forget_baseline(key: int, ref: weakref.ref[nn.Module]) -> None:
+    with _lock:
+        entry = _baselines.get(key)
+        if entry is not None and entry[0] is ref:
+            del _baselines[key]
 
 
-def modules_after(
+def look_before(roots: list[nn.Module]) -> dict[int, _Found] | None:
+    """At the start of a looked-at call (1, 2, 4, 8…): each model's inference tensors.
+
+    ``look_after`` compares them with the last look (what earlier calls left) and with
+    what the call itself leaves. ``None`` when leaks are not watched (or the look failed).
+    """
+    try:
+        if not watching():
+            return None
+        return {id(root): _inference_tensors(root, _prefix(roots, root)) for root in roots}
+    except Exception as error:
+        _internal_error(error)
+        return None
+
+
+def look_after(
     roots: list[nn.Module],
     target: str,
     call: int,
     mark: int,
-    known: set[int] | None,
+    before: dict[int, _Found] | None,
     warn: bool,
-) -> tuple[set[int] | None, bool]:
-    """Report new inference tensors the call left in its modules.
+) -> bool:
+    """Report the new inference tensors a call left in its modules; never raise, except
+    ``LeakError`` under ``action="raise"``. Returns whether it warned.
 
-    Exact for registrations (``landed``); on calls 1, 2, 4, 8… every parameter and buffer
-    is also compared with ``known``, the inference tensors of the previous such look, to
-    catch ``.half()``/``.to()`` done inside a call, which registers nothing. Each find is
-    a ``gradguard.leak`` event; it is also a warning when ``warn`` (once per target: a
-    cache rebuilt for every longer input says nothing new). Returns the new ``known``
-    and whether it warned.
+    Registrations are claimed exactly (``landed``). On calls 1, 2, 4, 8… (``before`` is
+    given) every parameter and buffer is also compared, before and after the call, with
+    the last look at the same model, to catch ``.half()``/``.to()``, which register
+    nothing. Each find is a ``gradguard.leak`` event, and a warning when ``warn`` (once
+    per target: a cache rebuilt for every longer input says nothing new).
     """
-    current, action = level()
-    if current == "off":
-        return known, False
-    found = _claim(roots, mark) if landed.seq != mark else {}
-    since = call
-    if not call & (call - 1):
-        everything = _inference_tensors(roots)
-        if known is not None:
-            for key, value in everything.items():
-                if key not in known:
-                    found[key] = value
-            since = call // 2 + 1
-        known = set(everything)
-    elif known is not None:
-        known.update(found)
-    for key, (_, _, tensor) in found.items():
-        entry = (weakref.ref(tensor, functools.partial(_forget_resident, key)), (target, call))
-        with _lock:
-            _resident[key] = entry
-    if not found:
-        return known, False
-    _report_resident(target, call, since, list(found.values()), action, warn)
-    return known, warn
+    try:
+        current, action = level()
+        if current == "off":
+            return False
+        found = _claim(roots, mark) if landed.seq != mark else {}
+        earlier: _Found = {}
+        if before is not None:
+            for root in roots:
+                key = id(root)
+                seen = before.get(key, {})
+                after = _inference_tensors(root, _prefix(roots, root))
+                with _lock:
+                    baseline = _baselines.get(key)
+                    if baseline is not None and baseline[0]() is root:
+                        earlier.update((k, v) for k, v in seen.items() if k not in baseline[1])
+                    else:
+                        ref = weakref.ref(root, functools.partial(_forget_baseline, key))
+                        baseline = (ref, set())
+                    _baselines[key] = (baseline[0], set(after))
+                found.update((k, v) for k, v in after.items() if k not in seen)
+        for values, since in ((found, call), (earlier, call // 2 + 1)):
+            if not values or (values is earlier and since > call - 1):
+                continue  # no call of this target ran since the last look: not its doing
+            for key, (_, _, tensor) in values.items():
+                alive = weakref.ref(tensor, functools.partial(_forget_resident, key))
+                with _lock:
+                    _resident[key] = (alive, (target, since))
+            _report_resident(target, call, since, list(values.values()), action, warn)
+        return warn and bool(found or earlier)
+    except LeakError:
+        raise
+    except Exception as error:  # the call's result matters more than this look
+        _internal_error(error)
+        return False
 
 
 def _report_resident(
@@ -534,14 +569,19 @@ def _report_resident(
     names = ", ".join(f"{kind} {name!r}" for name, kind, _ in found[:5])
     if len(found) > 5:
         names += f" and {len(found) - 5} more"
-    which = f"call {call}" if since == call else f"one of calls {since}-{call}"
+    if since == call:
+        who = f"{target} (call {call}) left"
+    else:
+        who = (
+            f"{target} (one of calls {since}-{call - 1}), or code run between those calls "
+            "under inference mode, left"
+        )
     msg = (
-        f"gradguard: {target} ({which}) left inference tensors in its modules: {names}. "
-        "Training the model later fails where they meet autograd ('Inference tensors "
-        "cannot be saved for backward', or an in-place update by the optimizer or "
-        "BatchNorm). Fix: build them outside inference mode (in __init__, or under "
-        "torch.no_grad()), or give that target mode='no_grad'; "
-        "gradguard.check_module(model) lists them."
+        f"gradguard: {who} inference tensors in its modules: {names}. Training the model "
+        "later fails where autograd must save them for backward, or update them in place "
+        "(an optimizer step, BatchNorm's running stats). Fix: build them outside inference "
+        "mode (in __init__, or under torch.no_grad()), or give that target "
+        "mode='no_grad'; gradguard.check_module(model) lists them."
     )
     from ._telemetry import emit_leak
 
@@ -550,6 +590,23 @@ def _report_resident(
         raise LeakError(msg)
     if warn:
         warnings.warn(msg, LeakWarning, stacklevel=user_stacklevel(extra_dirs=(_TORCH_DIR,)))
+
+
+_internal_warned = False
+
+
+def _internal_error(error: BaseException) -> None:
+    """An error in the sentinel itself: the call goes on; warn once."""
+    global _internal_warned
+    if _internal_warned:
+        return
+    _internal_warned = True
+    msg = (
+        f"gradguard's leak sentinel failed ({type(error).__name__}: {error}) and skipped "
+        "a check; the call itself went on. Further failures are not reported; "
+        "gradguard.configure(leaks='off') turns the sentinel off."
+    )
+    warnings.warn(msg, GradguardWarning, stacklevel=user_stacklevel(extra_dirs=(_TORCH_DIR,)))
 
 
 # --- check_module -------------------------------------------------------------------------

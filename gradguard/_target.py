@@ -42,7 +42,8 @@ __all__ = [
 Kind = Literal["function", "module", "scope"]
 ModuleFinder = Callable[[Any, tuple[Any, ...], dict[str, Any]], list[nn.Module]]
 Step = tuple[Any, Any, Any]  # (eval hold or None, mode token, tensor tracker or None)
-Stepped = tuple[int, int, list[nn.Module]]  # (call, registrations seen at its start, modules)
+# (call, registrations seen at its start, modules, their inference tensors at its start)
+Stepped = tuple[int, int, list[nn.Module], Any]
 
 _Module = nn.Module
 _Proxy = wrapt.ObjectProxy
@@ -53,6 +54,8 @@ _InferenceMode = _modes._InferenceMode
 _leave = _modes.leave
 _landed = _leaks.landed
 _watching = _leaks.watching
+_look_before = _leaks.look_before
+_unhook_idle = _leaks.unhook_idle
 
 
 @dataclass(frozen=True)
@@ -87,7 +90,6 @@ class Target:
         "find_modules",
         "inference",
         "kind",
-        "known",
         "leak_warned",
         "name",
         "policy",
@@ -115,9 +117,7 @@ class Target:
         self.find_modules = find_modules
         self.switch = policy.eval
         self.recorder = Recorder(name, policy)
-        # Inference tensors in its modules at its last look (leaks into the modules).
-        self.known: set[int] | None = None
-        self.leak_warned = False
+        self.leak_warned = False  # about inference tensors a call left in its modules
         _leaks.watch_registrations()
         self._fallback_lock = threading.Lock()
         if policy.mode == "auto":
@@ -171,8 +171,8 @@ class Target:
         measure: Measure | None,
         call: int,
     ) -> Any:
-        if modules and call == 1:
-            self.look_before(modules)
+        _unhook_idle()
+        before = _look_before(modules) if modules and not call & (call - 1) else None
         mark = _landed.seq
         held = _hold(modules) if modules and self.switch else None
         if held is not None and measure is not None:
@@ -209,22 +209,15 @@ class Target:
         finally:
             if held is not None:
                 _release(held)
-        if modules and (_landed.seq != mark or not call & (call - 1)):
-            self.look_after(modules, call, mark)
+        if modules and (before is not None or _landed.seq != mark):
+            self.look_after(modules, call, mark, before)
         return self.deliver(result, call)
 
-    def look_before(self, modules: list[nn.Module]) -> None:
-        """Before the first call: note the inference tensors its modules already hold."""
-        if _leaks.watching():
-            self.known = _leaks.modules_before(modules)
-
-    def look_after(self, modules: list[nn.Module], call: int, mark: int) -> None:
-        """After a call that registered something, or on calls 1, 2, 4…: warn when it left
-        new inference tensors in its modules (see ``_leaks.modules_after``)."""
-        self.known, warned = _leaks.modules_after(
-            modules, self.name, call, mark, self.known, not self.leak_warned
-        )
-        self.leak_warned = self.leak_warned or warned
+    def look_after(self, modules: list[nn.Module], call: int, mark: int, before: Any) -> None:
+        """After a call that registered something, or a looked-at one: report the new
+        inference tensors it left in its modules (``_leaks.look_after``)."""
+        if _leaks.look_after(modules, self.name, call, mark, before, not self.leak_warned):
+            self.leak_warned = True
 
     def deliver(self, result: Any, call: int) -> Any:
         """What the caller gets: clones of inference tensors (``outputs="clone"``), or the
@@ -253,15 +246,15 @@ class Target:
         if modules is None:
             find = self.find_modules
             modules = find(instance, args, kwargs) if find is not None else []
-        if modules and call == 1:
-            self.look_before(modules)
+        _unhook_idle()
+        before = _look_before(modules) if modules and not call & (call - 1) else None
         recorder = self.recorder
         measure = (
             recorder.begin(call, modules, args, kwargs, self.inference, self.switch, True)
             if recorder.sampled()
             else None
         )
-        return (modules if self.switch else []), measure, (call, _landed.seq, modules)
+        return (modules if self.switch else []), measure, (call, _landed.seq, modules, before)
 
     def end(
         self,
@@ -273,9 +266,9 @@ class Target:
         """Finish a call made of steps: look at its modules, emit its event."""
         try:
             if stepped is not None and error is None:
-                call, mark, modules = stepped
-                if modules and (_landed.seq != mark or not call & (call - 1)):
-                    self.look_after(modules, call, mark)
+                call, mark, modules, before = stepped
+                if modules and (before is not None or _landed.seq != mark):
+                    self.look_after(modules, call, mark, before)
         finally:
             if measure is not None:
                 self.recorder.end(measure, self, error, result)
