@@ -81,7 +81,7 @@ def main() -> None:
         ("full event, memory=False", mlp_nomem),
         ("full event to a file", mlp_full),
     ):
-        print(f"  gradguard, {label:<25s}{value:7.1f}   {(value / mlp_bare - 1) * 100:+.1f}%")
+        print(f"  gradguard, {label:<32s}{value:7.1f}   {(value / mlp_bare - 1) * 100:+.1f}%")
     print(f"  one read of /proc/self/statm, right after a forward: {cold_statm:.2f} µs")
 
 
