@@ -30,7 +30,7 @@ from torch.overrides import TorchFunctionMode
 
 from ._config import LeakLevel, check_leak_level, current
 from ._errors import GradguardWarning, LeakError, LeakWarning
-from ._outputs import each_tensor, shallow_tensors
+from ._outputs import _ATOMS, each_tensor, shallow_tensors
 from ._stack import user_stacklevel
 
 __all__ = [
@@ -61,19 +61,23 @@ class _Watch(threading.local):
 
 
 _watch = _Watch()
+_blocks_open = 0  # watch_leaks blocks open in any thread: none, no thread-local lookup
 
 
 def level() -> tuple[Level, Action]:
     """The leak level and action in force in this thread."""
-    if _watch.stack:
+    if _blocks_open and _watch.stack:
         return _watch.stack[-1]
     return current().leaks, "warn"
 
 
 def watching() -> bool:
     """Whether leaks are watched in this thread (``level()`` without building a tuple)."""
-    stack = _watch.stack
-    return (stack[-1][0] if stack else current().leaks) != "off"
+    if _blocks_open:
+        stack = _watch.stack
+        if stack:
+            return stack[-1][0] != "off"
+    return current().leaks != "off"
 
 
 @contextmanager
@@ -89,6 +93,9 @@ def watch_leaks(level: Level = "boundary", action: Action = "warn") -> Iterator[
     if action not in ACTIONS:
         msg = f"action must be 'warn' or 'raise'; got {action!r}"
         raise ValueError(msg)
+    global _blocks_open
+    with _lock:
+        _blocks_open += 1
     _watch.stack.append((level, action))
     try:
         if level == "strict":
@@ -98,6 +105,8 @@ def watch_leaks(level: Level = "boundary", action: Action = "warn") -> Iterator[
             yield
     finally:
         _watch.stack.pop()
+        with _lock:
+            _blocks_open -= 1
 
 
 class _Strict(TorchFunctionMode):
@@ -208,10 +217,15 @@ def _note(tensor: torch.Tensor, origin: _Origin) -> None:
 
 def remember(result: Any, target: str, call: int) -> None:
     """Note that ``target``'s ``call`` made the inference tensors inside ``result``."""
-    if type(result) is torch.Tensor:  # the common case, without walking containers
+    kind = type(result)
+    if kind is _Tensor:  # the common cases first, without walking anything
         if result.is_inference():
             _note(result, (target, call))
         return
+    if kind in _ATOMS:  # a label, a score: nothing to remember
+        return
+    if (kind is list or kind is tuple) and _ATOMS.issuperset(map(type, result)):
+        return  # .tolist() labels
     origin = (target, call)
 
     def note(tensor: torch.Tensor) -> bool:

@@ -30,9 +30,11 @@ def each_tensor(obj: Any, fn: Callable[[torch.Tensor], object], depth: int = 0) 
     The same walk as ``map_tensors`` (tuples, lists, dicts, dataclasses, ModelOutput)
     without building anything: for looking, not changing.
     """
+    if type(obj) in _ATOMS:
+        return False
     if isinstance(obj, _Tensor):
         return bool(fn(obj))
-    if depth >= _MAX_DEPTH or type(obj) in _ATOMS:
+    if depth >= _MAX_DEPTH:
         return False
     depth += 1
     if isinstance(obj, dict):
