@@ -307,8 +307,11 @@ def _check_own(module: nn.Module, recorded: bool) -> None:
         if not matters:
             continue
         for name, tensor in table.items():
-            entry = _resident.get(id(tensor)) if tensor is not None else None
-            if entry is not None and entry[0]() is tensor:
+            if tensor is None:
+                continue
+            entry = _resident.get(id(tensor))
+            # Still an inference tensor: `model.float()` outside inference mode mends it.
+            if entry is not None and entry[0]() is tensor and tensor.is_inference():
                 _report_own(module, kind, name, entry[1])
                 return
 
@@ -448,29 +451,32 @@ def _prefix(roots: list[nn.Module], root: nn.Module) -> str:
 
 
 def _claim(roots: list[nn.Module], mark: int) -> _Found:
-    """The inference tensors registered into ``roots`` by this thread since ``mark``."""
+    """The inference tensors registered into ``roots`` by this thread since ``mark``.
+
+    Entries for modules outside ``roots`` stay, for an outer call that may hold them;
+    entries whose module died (made and dropped inside the call) go without a walk.
+    """
     thread = threading.get_ident()
     with _lock:
         mine = [e for e in landed.entries if e[0] > mark and e[1] == thread]
-        if mine:
-            claimed = set(map(id, mine))
-            landed.entries = [e for e in landed.entries if id(e) not in claimed]
-    # A module made and dropped inside the call is gone by now: no walk for it.
-    alive = [
-        (module, name, kind) for _, _, ref, name, kind in mine if (module := ref()) is not None
-    ]
-    if not alive:
-        return {}
+    alive = [entry for entry in mine if entry[2]() is not None]
     where: dict[int, str] = {}
-    for root in roots:
-        prefix = _prefix(roots, root)
-        for name, module in root.named_modules():
-            where.setdefault(id(module), prefix + name)
+    if alive:
+        for root in roots:
+            prefix = _prefix(roots, root)
+            for name, module in root.named_modules():
+                where.setdefault(id(module), prefix + name)
     found: _Found = {}
-    for module, name, kind in alive:
-        path = where.get(id(module))
-        if path is None:
-            continue  # not in the call's models: not this call's to report
+    done = []
+    for entry in mine:
+        _, _, ref, name, kind = entry
+        module = ref()
+        path = where.get(id(module)) if module is not None else None
+        if module is not None and path is None:
+            continue  # not in the call's models: perhaps an outer call's
+        done.append(entry)
+        if module is None or path is None:
+            continue
         path = f"{path}.{name}".lstrip(".")
         if kind == "module":
             child = module._modules.get(name)
@@ -481,6 +487,10 @@ def _claim(roots: list[nn.Module], mark: int) -> _Found:
         value = table.get(name)
         if value is not None and _inference(value):
             found[id(value)] = (path, kind, value)
+    if done:
+        taken = set(map(id, done))
+        with _lock:
+            landed.entries = [e for e in landed.entries if id(e) not in taken]
     return found
 
 
@@ -504,8 +514,9 @@ def _forget_baseline(key: int, ref: weakref.ref[nn.Module]) -> None:
             del _baselines[key]
 
 
-def look_before(roots: list[nn.Module]) -> dict[int, _Found] | None:
-    """At the start of a looked-at call (1, 2, 4, 8…): each model's inference tensors.
+def look_before(roots: list[nn.Module]) -> dict[int, set[int]] | None:
+    """At the start of a looked-at call (1, 2, 4, 8…): the ids of each model's inference
+    tensors (ids only: the look must not keep a replaced cache alive).
 
     ``look_after`` compares them with the last look (what earlier calls left) and with
     what the call itself leaves. ``None`` when leaks are not watched (or the look failed).
@@ -513,7 +524,7 @@ def look_before(roots: list[nn.Module]) -> dict[int, _Found] | None:
     try:
         if not watching():
             return None
-        return {id(root): _inference_tensors(root, _prefix(roots, root)) for root in roots}
+        return {id(root): set(_inference_tensors(root)) for root in roots}
     except Exception as error:
         _internal_error(error)
         return None
@@ -524,11 +535,12 @@ def look_after(
     target: str,
     call: int,
     mark: int,
-    before: dict[int, _Found] | None,
+    before: dict[int, set[int]] | None,
     warn: bool,
 ) -> bool:
     """Report the new inference tensors a call left in its modules; never raise, except
-    ``LeakError`` under ``action="raise"``. Returns whether it warned.
+    ``LeakError`` under ``action="raise"`` (and a ``LeakWarning`` made an error by a
+    warnings filter). Returns whether it warned.
 
     Registrations are claimed exactly (``landed``). On calls 1, 2, 4, 8… (``before`` is
     given) every parameter and buffer is also compared, before and after the call, with
@@ -545,17 +557,30 @@ def look_after(
         if before is not None:
             for root in roots:
                 key = id(root)
-                seen = before.get(key, {})
+                seen = before.get(key, set())
                 after = _inference_tensors(root, _prefix(roots, root))
                 with _lock:
                     baseline = _baselines.get(key)
                     if baseline is not None and baseline[0]() is root:
-                        earlier.update((k, v) for k, v in seen.items() if k not in baseline[1])
+                        known = baseline[1]
+                        earlier.update(
+                            (k, v) for k, v in after.items() if k in seen and k not in known
+                        )
                     else:
                         ref = weakref.ref(root, functools.partial(_forget_baseline, key))
-                        baseline = (ref, set())
+                        baseline, known = (ref, set()), set()
                     _baselines[key] = (baseline[0], set(after))
+                # Tensors already there before the call (a loaded module swapped in, say)
+                # are not the call's, whatever registered them.
+                for k in [k for k in found if k in seen or k in known]:
+                    del found[k]
                 found.update((k, v) for k, v in after.items() if k not in seen)
+        else:
+            with _lock:  # what the claim found is known: the next look must not repeat it
+                for root in roots:
+                    baseline = _baselines.get(id(root))
+                    if baseline is not None and baseline[0]() is root:
+                        baseline[1].update(found)
         for values, since in ((found, call), (earlier, call // 2 + 1)):
             if not values or (values is earlier and since > call - 1):
                 continue  # no call of this target ran since the last look: not its doing
@@ -565,8 +590,8 @@ def look_after(
                     _resident[key] = (alive, (target, since))
             _report_resident(target, call, since, list(values.values()), action, warn)
         return warn and bool(found or earlier)
-    except LeakError:
-        raise
+    except (LeakError, Warning):
+        raise  # what the user asked for: action="raise", or warnings made errors
     except Exception as error:  # the call's result matters more than this look
         _internal_error(error)
         return False

@@ -508,3 +508,33 @@ def test_blocks_read_whole_are_decoded_without_splitting_them(by: str) -> None:
     assert summary.totals.calls == 800
     assert summary.totals.leaks == 1
     assert summary.skipped_by_reason == {"not_json": 0, "other_event": 1, "invalid": 2}
+
+
+@pytest.mark.parametrize(
+    "odd",
+    [
+        b"",  # a blank line, with two objects on another: msgspec would count both
+        b"   ",
+        b'{"event": "x", "y": "\xff"}',  # not UTF-8 in a field msgspec skips
+        b'{"event": "gradguard.leak", "target": "f", "rank": 1180591620717411303424}',
+        b'  {"event": "gradguard.leak", "target": "f"}',
+    ],
+)
+@pytest.mark.parametrize("by", ["target", "rank"])
+def test_what_msgspec_would_read_more_laxly_is_left_to_the_exact_path(odd: bytes, by: str) -> None:
+    pytest.importorskip("msgspec", reason="the typed fast path needs msgspec")
+    import json
+
+    from gradguard._audit._reader import Lines
+    from gradguard._audit._summary import Collector
+    from tests._audit_helpers import call, leak
+
+    two = json.dumps(call()).encode() + b" " + json.dumps(leak("g", rank=2**70)).encode()
+    block = b"\n".join(
+        [json.dumps(call()).encode(), odd, two, json.dumps(call(rank=2**64)).encode()]
+    )
+    typed, plain = Collector(by), Collector(by)  # type: ignore[arg-type]
+    plain._decode_batch = None
+    typed.feed(Lines(block))
+    plain.feed(block.split(b"\n"))
+    assert typed.summary() == plain.summary()

@@ -453,3 +453,80 @@ def test_a_collection_while_torch_copies_its_hooks_breaks_no_module_call(
         for handle in others:
             handle.remove()
         gc.collect()
+
+
+def test_a_leak_warning_made_an_error_by_a_filter_reaches_the_caller() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", gradguard.LeakWarning)
+        with pytest.raises(gradguard.LeakWarning, match="left inference tensors"):
+            gradguard.guard(_LazyRotary(), name="strict.ci")(torch.ones(1, 4))
+
+
+def test_a_cache_registered_between_looks_is_reported_once() -> None:
+    model = nn.Sequential(nn.Linear(4, 4))
+
+    @gradguard.infer(name="grow")
+    def grow(model: nn.Module, now: bool) -> None:
+        if now:
+            model[0].register_buffer("cache", torch.ones(2))
+
+    with capture_events() as events, warnings.catch_warnings():
+        warnings.simplefilter("ignore", gradguard.LeakWarning)
+        for now in (False, False, True, False, False, False, False, False):  # calls 1-8
+            grow(model, now)
+    leaks = [e for e in events if e["event"] == "gradguard.leak"]
+    assert [(e["call"], e["receiver"]) for e in leaks] == [(3, "buffer '0.cache'")]
+
+
+def test_a_loaded_module_swapped_in_is_not_blamed_on_the_call() -> None:
+    with torch.inference_mode():
+        head = nn.Linear(4, 2)  # loaded under inference mode, before the call
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+
+    @gradguard.infer(name="swap")
+    def swap(model: nn.Sequential, head: nn.Module) -> None:
+        model[1] = head
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", gradguard.LeakWarning)
+        swap(model, head)  # call 1: looked at before and after
+
+
+def test_a_model_mended_outside_inference_mode_trains_without_a_warning(
+    teacher: nn.Module,
+) -> None:
+    model = nn.Linear(4, 4)
+
+    @gradguard.infer(name="convert")
+    def convert(model: nn.Module) -> None:
+        model.to(torch.float64)
+
+    with pytest.warns(gradguard.LeakWarning):
+        convert(model)
+    model.to(torch.float32)  # outside inference mode: ordinary tensors again
+    assert not gradguard.check_module(model)
+    teacher_out = teacher(torch.ones(1, 4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", gradguard.LeakWarning)
+        model.train()(torch.ones(1, 4, requires_grad=True)).sum().backward()
+    del teacher_out
+
+
+def test_the_look_keeps_no_replaced_cache_alive() -> None:
+    model = nn.Linear(2, 2)
+    with torch.inference_mode():
+        model.register_buffer("cache", torch.ones(2))  # there before the first call
+    old = weakref.ref(model.cache)
+
+    @gradguard.infer(name="steps")
+    def steps(model: nn.Module) -> Iterator[None]:
+        model.cache = torch.zeros(2)  # replaced inside the call (a registration)
+        yield
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", gradguard.LeakWarning)
+        running = steps(model)
+        next(running)  # suspended inside call 1, looked at on the way in
+        gc.collect()
+        assert old() is None
+        list(running)

@@ -73,6 +73,9 @@ _OPTIONAL_DEFAULTS: dict[str, Any] = {
     "training_modules": 0,
 }
 _ISO_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,9})?(?:Z|\+00:00)")
+# The integers the line-by-line decoder (orjson) keeps as ints; beyond, it gives floats,
+# which fail the exact path's type checks, while msgspec keeps them as ints.
+_INT_MIN, _INT_MAX = -(1 << 63), (1 << 64) - 1
 _FLUSH_EVERY = 1 << 16  # lines between folds of all buffers: at most 1.5 MB of doubles
 
 
@@ -388,9 +391,10 @@ class Collector:
                     or (status != "ok" and status != "error")
                     or (mode != "inference" and mode != "no_grad")
                     or not 0.0 <= wall <= top
-                    or r.training_modules < 0
+                    or not 0 <= r.training_modules <= _INT_MAX
                     or (gpu is not None and not 0.0 <= gpu <= top)
-                    or (mem is not None and not 0 <= mem <= top)
+                    or (mem is not None and not 0 <= mem <= _INT_MAX)
+                    or (r.rank is not None and not _INT_MIN <= r.rank <= _INT_MAX)
                 ):
                     rest.append(index)
                     continue
@@ -419,8 +423,9 @@ class Collector:
                 if r.grad_recorded or r.training_modules:
                     g.grad += 1
             elif event == "gradguard.leak":
-                if r.target is None:  # the exact path says why it is skipped
-                    rest.append(index)
+                rank = r.rank
+                if r.target is None or (rank is not None and not _INT_MIN <= rank <= _INT_MAX):
+                    rest.append(index)  # the exact path says why it is skipped
                     continue
                 key = getattr(r, by)
                 g = groups.get(key)
