@@ -149,6 +149,11 @@ class _FileSink:
     appending, so processes sharing a file append whole lines. A structlog
     ``BoundLogger`` with its ``JSONRenderer`` and ``BytesLogger`` would render the same
     line, at about twice gradguard's whole per-call cost.
+
+    Lines are not buffered: one system call per event is its largest single cost, but a
+    line on disk as soon as its call ends is what ``tail -f``, a crash and processes
+    sharing the file need, as structlog's ``BytesLogger`` and the stdlib's
+    ``FileHandler`` also hold. ``sample=`` is the way to log less of a hot loop.
     """
 
     def __init__(self, template: str) -> None:
