@@ -251,8 +251,19 @@ def _check_call(module: nn.Module, args: Any) -> None:
     """Global forward pre-hook, installed only while gradguard-made inference tensors live.
 
     It runs on every module call while installed, so the usual case (inside a guarded
-    call, or a training step with nothing leaking) is decided in a few checks.
+    call, or a training step with nothing leaking) is decided in a few checks. Nothing
+    but what the user asked for (``LeakError``, or a ``LeakWarning`` a filter made an
+    error) may escape into their forward.
     """
+    try:
+        _check_module_call(module, args)
+    except (LeakError, Warning):
+        raise
+    except Exception as error:
+        _internal_error(error)
+
+
+def _check_module_call(module: nn.Module, args: Any) -> None:
     if not _origins:
         _unhook()
         return
