@@ -51,6 +51,9 @@ _TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
 _Tensor = torch.Tensor
 _grad_enabled = torch.is_grad_enabled
 _inference_enabled = torch.is_inference_mode_enabled
+_is_compiling = getattr(torch.compiler, "is_compiling", None) or (
+    lambda: torch._dynamo.is_compiling()  # torch < 2.3
+)
 
 
 class _Watch(threading.local):
@@ -254,7 +257,13 @@ def _check_call(module: nn.Module, args: Any) -> None:
     call, or a training step with nothing leaking) is decided in a few checks. Nothing
     but what the user asked for (``LeakError``, or a ``LeakWarning`` a filter made an
     error) may escape into their forward.
+
+    In code torch.compile traces it returns at once: the check would break the graph
+    (torch.is_inference_mode_enabled() cannot be traced), and the compiled module's own
+    call, which runs eagerly, is checked all the same.
     """
+    if _is_compiling():
+        return
     try:
         _check_module_call(module, args)
     except (LeakError, Warning):
@@ -288,6 +297,10 @@ def _check_module_call(module: nn.Module, args: Any) -> None:
             if parameter is not None and parameter.requires_grad:
                 recorded = True
                 break
+        compiled = module._modules.get("_orig_mod")  # torch.compile(model)'s wrapper
+        if compiled is not None and not recorded:
+            # Its children run traced, unchecked: it answers for the whole model.
+            recorded = any(p.requires_grad for p in compiled.parameters())
     if _resident and (recorded or module.training):
         _check_own(module, recorded)  # about to train: its own parameters and buffers first
     if suspect is None or not recorded:

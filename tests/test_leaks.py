@@ -530,3 +530,23 @@ def test_the_look_keeps_no_replaced_cache_alive() -> None:
         gc.collect()
         assert old() is None
         list(running)
+
+
+@pytest.mark.filterwarnings("ignore:Using `torch.compile\\(module\\)` when there are global hooks")
+def test_compiled_training_is_not_broken_up_and_its_leaks_are_caught(teacher: nn.Module) -> None:
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    student = torch.compile(nn.Sequential(nn.Linear(4, 4), nn.ReLU()), backend="eager")
+    teacher_out = teacher(torch.ones(2, 4))  # the boundary hook is in while it lives
+    for _ in range(2):
+        student(teacher_out.clone()).sum().backward()
+    assert not counters["graph_break"]  # the hook returns at once in traced code
+    with (
+        pytest.warns(gradguard.LeakWarning, match="made by teacher.*OptimizedModule"),
+        pytest.raises(RuntimeError, match="Inference tensors cannot be saved"),
+    ):
+        student(teacher_out).sum().backward()
+    del teacher_out
+    torch._dynamo.reset()
