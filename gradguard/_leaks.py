@@ -455,7 +455,8 @@ def watch_registrations() -> None:
             )
 
 
-_Found = dict[int, tuple[str, str, torch.Tensor]]  # id -> (qualified name, kind, tensor)
+TensorKind = Literal["parameter", "buffer"]
+_Found = dict[int, tuple[str, TensorKind, torch.Tensor]]  # id -> (qualified name, kind, tensor)
 
 
 def _inference_tensors(root: nn.Module, prefix: str = "") -> _Found:
@@ -507,10 +508,11 @@ def _claim(roots: list[nn.Module], mark: int) -> _Found:
             if child is not None:
                 found.update(_inference_tensors(child, path + "."))
             continue
+        tensor_kind: TensorKind = "parameter" if kind == "parameter" else "buffer"
         table: dict[str, Any] = module._parameters if kind == "parameter" else module._buffers
         value = table.get(name)
         if value is not None and _inference(value):
-            found[id(value)] = (path, kind, value)
+            found[id(value)] = (path, tensor_kind, value)
     if done:
         taken = set(map(id, done))
         with _lock:
@@ -680,7 +682,7 @@ class Finding:
     """A parameter or buffer of a module that is an inference tensor."""
 
     name: str
-    kind: Literal["parameter", "buffer"]
+    kind: TensorKind
     fix: str
 
     def __str__(self) -> str:
@@ -721,10 +723,6 @@ def check_module(module: nn.Module) -> Findings:
         "nn.Parameter(p.clone()) made outside inference mode"
     )
     fix_buffer = "re-register it with buffer.clone() made outside inference mode"
-    for name, parameter in module.named_parameters():
-        if parameter.is_inference():
-            findings.append(Finding(name, "parameter", fix_parameter))
-    for name, buffer in module.named_buffers():
-        if buffer.is_inference():
-            findings.append(Finding(name, "buffer", fix_buffer))
+    for name, kind, _ in _inference_tensors(module).values():  # lazy parameters: not yet
+        findings.append(Finding(name, kind, fix_parameter if kind == "parameter" else fix_buffer))
     return findings

@@ -150,6 +150,18 @@ def test_check_module_finds_parameters_built_under_inference_mode() -> None:
         gradguard.check_module("model")  # type: ignore[arg-type]
 
 
+def test_check_module_passes_over_lazy_parameters_not_yet_made() -> None:
+    with torch.inference_mode():
+        model = nn.Sequential(nn.LazyLinear(2), nn.BatchNorm1d(2))
+    assert [(f.name, f.kind) for f in gradguard.check_module(model)] == [
+        ("1.weight", "parameter"),
+        ("1.bias", "parameter"),
+        ("1.running_mean", "buffer"),
+        ("1.running_var", "buffer"),
+        ("1.num_batches_tracked", "buffer"),
+    ]
+
+
 def test_strict_catches_functional_uses_at_the_exact_op(teacher: nn.Module) -> None:
     import torch.nn.functional as F
 
