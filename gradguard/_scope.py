@@ -11,7 +11,7 @@ from torch import nn
 
 from ._policy import make_policy
 from ._stack import caller_name
-from ._target import Step, Stepped, Target, _unwrap
+from ._target import Step, Target, Watch, _unwrap
 from ._telemetry import Measure
 
 if TYPE_CHECKING:
@@ -88,7 +88,7 @@ class scope:  # used like a function: `with gradguard.scope(model):`
         self._step: Step | None = None
         self._block: list[Any] = []
         self._measure: Measure | None = None
-        self._stepped: Stepped | None = None
+        self._watch: Watch | None = None
         self._inference = target.inference
 
     def __enter__(self) -> Self:
@@ -99,7 +99,7 @@ class scope:  # used like a function: `with gradguard.scope(model):`
             )
             raise RuntimeError(msg)
         target = self._target
-        modules, self._measure, self._stepped = target.begin(None, (), {}, self._modules)
+        modules, self._measure, _, self._watch = target.begin(None, (), {}, self._modules)
         self._inference = target.inference
         self._step = target.enter(modules, self._measure)
         self._block = [target, self._step, False]
@@ -125,7 +125,7 @@ class scope:  # used like a function: `with gradguard.scope(model):`
             if exc is not None and self._inference:
                 target.fall_back(exc, can_retry=False, measure=measure)  # next run: no_grad
         finally:
-            target.end(measure, exc, None, self._stepped)
+            target.end(measure, exc, None, self._watch)
 
     async def __aenter__(self) -> Self:
         return self.__enter__()

@@ -69,8 +69,7 @@ def generator_call(
     kwargs: dict[str, Any],
 ) -> Generator[Any, Any, Any]:
     """Run a generator with the mode on only while its body runs."""
-    modules, measure, stepped = target.begin(instance, args, kwargs)
-    call = stepped[0]
+    modules, measure, call, watch = target.begin(instance, args, kwargs)
     failure: BaseException | None = None
     result = None
     try:
@@ -95,7 +94,7 @@ def generator_call(
         failure = None if isinstance(error, GeneratorExit) else error  # closed early: fine
         raise
     finally:
-        target.end(measure, failure, result, stepped)
+        target.end(measure, failure, result, watch)
 
 
 def _resume(
@@ -175,8 +174,7 @@ async def coroutine_call(
     kwargs: dict[str, Any],
 ) -> Any:
     """Await a coroutine with the mode on only while its body runs."""
-    modules, measure, stepped = target.begin(instance, args, kwargs)
-    call = stepped[0]
+    modules, measure, call, watch = target.begin(instance, args, kwargs)
     inference = target.inference
     try:
         try:
@@ -187,9 +185,9 @@ async def coroutine_call(
             result = await _Stepped(target, modules, measure, wrapped(*args, **kwargs))
         result = target.deliver(result, call)
     except BaseException as error:
-        target.end(measure, error, None, stepped)
+        target.end(measure, error, None, watch)
         raise
-    target.end(measure, None, result, stepped)
+    target.end(measure, None, result, watch)
     return result
 
 
@@ -201,8 +199,7 @@ async def async_generator_call(
     kwargs: dict[str, Any],
 ) -> AsyncGenerator[Any, Any]:
     """Iterate an async generator with the mode on only while its body runs."""
-    modules, measure, stepped = target.begin(instance, args, kwargs)
-    call = stepped[0]
+    modules, measure, call, watch = target.begin(instance, args, kwargs)
     failure: BaseException | None = None
     agen = wrapped(*args, **kwargs)
     inference = target.inference
@@ -246,4 +243,4 @@ async def async_generator_call(
         raise
     finally:
         _running.discard(agen)
-        target.end(measure, failure, None, stepped)
+        target.end(measure, failure, None, watch)

@@ -31,9 +31,9 @@ from ._telemetry import Measure, Recorder
 __all__ = [
     "ModuleFinder",
     "Step",
-    "Stepped",
     "Target",
     "TargetInfo",
+    "Watch",
     "fixed_modules",
     "module_finder",
     "underlying",
@@ -43,7 +43,7 @@ Kind = Literal["function", "module", "scope"]
 ModuleFinder = Callable[[Any, tuple[Any, ...], dict[str, Any]], list[nn.Module]]
 Step = tuple[Any, Any, Any]  # (eval hold or None, mode token, tensor tracker or None)
 # (call, registrations seen at its start, modules, their inference tensors at its start)
-Stepped = tuple[int, int, list[nn.Module], Any]
+Watch = tuple[int, int, list[nn.Module], Any]
 
 _Module = nn.Module
 _Proxy = wrapt.ObjectProxy
@@ -171,9 +171,7 @@ class Target:
         measure: Measure | None,
         call: int,
     ) -> Any:
-        _unhook_idle()
-        before = _look_before(modules) if modules and not call & (call - 1) else None
-        mark = _landed.seq
+        watch = self.watch_start(call, modules)
         held = _hold(modules) if modules and self.switch else None
         if held is not None and measure is not None:
             measure.switched = held.switched
@@ -209,15 +207,30 @@ class Target:
         finally:
             if held is not None:
                 _release(held)
-        if modules and (before is not None or _landed.seq != mark):
-            self.look_after(modules, call, mark, before)
+        if watch is not None:
+            self.watch_end(watch)
         return self.deliver(result, call)
 
-    def look_after(self, modules: list[nn.Module], call: int, mark: int, before: Any) -> None:
-        """After a call that registered something, or a looked-at one: report the new
-        inference tensors it left in its modules (``_leaks.look_after``)."""
-        if _leaks.look_after(modules, self.name, call, mark, before, not self.leak_warned):
-            self.leak_warned = True
+    def watch_start(self, call: int, modules: list[nn.Module] | None) -> Watch | None:
+        """At a call's start, what ``watch_end`` needs to find the inference tensors the
+        call leaves in its modules: registrations counted so far, and on calls 1, 2,
+        4, 8… a look at the modules (``_leaks.look_before``)."""
+        _unhook_idle()  # the last watched output died: this call's modules skip the hook
+        if not modules:
+            return None
+        before = _look_before(modules) if not call & (call - 1) else None
+        return call, _landed.seq, modules, before
+
+    def watch_end(self, watch: Watch | None) -> None:
+        """At a call's end (when it returned): report the new inference tensors it left
+        in its modules (``_leaks.look_after``), if it registered any or was looked at."""
+        if watch is None:
+            return
+        call, mark, modules, before = watch
+        if before is not None or _landed.seq != mark:
+            warn = not self.leak_warned
+            if _leaks.look_after(modules, self.name, call, mark, before, warn):
+                self.leak_warned = True
 
     def deliver(self, result: Any, call: int) -> Any:
         """What the caller gets: clones of inference tensors (``outputs="clone"``), or the
@@ -236,39 +249,37 @@ class Target:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         modules: list[nn.Module] | None = None,
-    ) -> tuple[list[nn.Module], Measure | None, Stepped]:
+    ) -> tuple[list[nn.Module], Measure | None, int, Watch | None]:
         """Start a call made of steps: count it, find its modules, start measuring it.
 
         Returns the modules each step switches to eval, the measure (``None`` when the
-        call is not sampled), and what ``end`` needs (the call's number first).
+        call is not sampled), the call's number, and what ``end`` needs to look at the
+        modules (``watch_start``).
         """
         call = self.calls = self._next_call()
         if modules is None:
             find = self.find_modules
             modules = find(instance, args, kwargs) if find is not None else []
-        _unhook_idle()
-        before = _look_before(modules) if modules and not call & (call - 1) else None
+        watch = self.watch_start(call, modules)
         recorder = self.recorder
         measure = (
             recorder.begin(call, modules, args, kwargs, self.inference, self.switch, True)
             if recorder.sampled()
             else None
         )
-        return (modules if self.switch else []), measure, (call, _landed.seq, modules, before)
+        return (modules if self.switch else []), measure, call, watch
 
     def end(
         self,
         measure: Measure | None,
         error: BaseException | None,
         result: Any,
-        stepped: Stepped | None = None,
+        watch: Watch | None = None,
     ) -> None:
         """Finish a call made of steps: look at its modules, emit its event."""
         try:
-            if stepped is not None and error is None:
-                call, mark, modules, before = stepped
-                if modules and (before is not None or _landed.seq != mark):
-                    self.look_after(modules, call, mark, before)
+            if error is None:
+                self.watch_end(watch)
         finally:
             if measure is not None:
                 self.recorder.end(measure, self, error, result)
