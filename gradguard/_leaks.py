@@ -227,8 +227,6 @@ def remember(result: Any, target: str, call: int) -> None:
         return
     if kind in _ATOMS:  # a label, a score: nothing to remember
         return
-    if (kind is list or kind is tuple) and _ATOMS.issuperset(map(type, result)):
-        return  # .tolist() labels
     origin = (target, call)
 
     def note(tensor: torch.Tensor) -> bool:

@@ -30,20 +30,21 @@ def each_tensor(obj: Any, fn: Callable[[torch.Tensor], object], depth: int = 0) 
     The same walk as ``map_tensors`` (tuples, lists, dicts, dataclasses, ModelOutput)
     without building anything: for looking, not changing.
     """
-    if type(obj) in _ATOMS:
+    kind = type(obj)
+    if kind in _ATOMS:
         return False
-    if isinstance(obj, _Tensor):
-        return bool(fn(obj))
+    if kind is not list and kind is not tuple:  # the common containers go straight on
+        if isinstance(obj, _Tensor):
+            return bool(fn(obj))
+        if isinstance(obj, dict):
+            obj = obj.values()
+        elif not isinstance(obj, (tuple, list)):
+            if not dataclasses.is_dataclass(obj) or isinstance(obj, type):
+                return False
+            obj = [getattr(obj, f.name) for f in dataclasses.fields(obj)]
     if depth >= _MAX_DEPTH:
         return False
     depth += 1
-    if isinstance(obj, dict):
-        obj = obj.values()
-    elif not isinstance(obj, (tuple, list)):
-        if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-            obj = [getattr(obj, f.name) for f in dataclasses.fields(obj)]
-        else:
-            return False
     if _ATOMS.issuperset(map(type, obj)):  # all plain values, checked in C (.tolist())
         return False
     for item in obj:  # noqa: SIM110 - a plain loop: any() would build a generator
