@@ -666,7 +666,8 @@ def _internal_error(error: BaseException) -> None:
     _internal_warned = True
     msg = (
         f"gradguard's leak sentinel failed ({type(error).__name__}: {error}) and skipped "
-        "a check; the call itself went on. Further failures are not reported; "
+        "a check; the call itself went on. Further failures are not reported. This is a "
+        "gradguard bug: please report it with this message; until then "
         "gradguard.configure(leaks='off') turns the sentinel off."
     )
     warnings.warn(msg, GradguardWarning, stacklevel=user_stacklevel(extra_dirs=(_TORCH_DIR,)))

@@ -119,7 +119,7 @@ def _child(mode: str, path: str, repeat: int) -> None:
         from gradguard._audit._typed import batch_decoder
 
         decode = batch_decoder()
-        assert decode is not None, "needs msgspec"
+        assert decode is not None, "the typed figure needs msgspec: pip install msgspec"
         cpu = wall = float("inf")
         for _ in range(repeat):
             start, start_cpu = time.perf_counter(), time.process_time()
