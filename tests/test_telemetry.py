@@ -393,10 +393,7 @@ def test_dataloader_workers_write_their_own_files(tmp_path: Path) -> None:
 
 # --- CUDA (runs where a GPU is) -----------------------------------------------------------
 
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-
-
-@cuda
+@pytest.mark.cuda
 def test_cuda_event_gets_device_time_later_or_at_once_with_sync() -> None:
     model = nn.Linear(256, 256).cuda()
     x = torch.ones(64, 256, device="cuda")
