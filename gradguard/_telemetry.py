@@ -323,16 +323,19 @@ class Measure:
 
 
 def _device_of(args: Any, kwargs: Any, modules: Any) -> torch.device | None:
-    tensor = next(shallow_tensors(args), None)
-    if tensor is None and kwargs:
-        tensor = next(shallow_tensors(kwargs.values()), None)
-    if tensor is not None:
-        return tensor.device
+    """Where the call computes: its models' device, else its first tensor argument's.
+
+    The models come first: ``predict(model, batch)`` that moves a CPU batch onto the
+    model's GPU inside runs on the GPU, and its event times and measures the GPU.
+    """
     for module in modules or ():
         device = _module_device(module)
         if device is not None:
             return device
-    return None
+    tensor = next(shallow_tensors(args), None)
+    if tensor is None and kwargs:
+        tensor = next(shallow_tensors(kwargs.values()), None)
+    return None if tensor is None else tensor.device
 
 
 def _module_device(root: nn.Module) -> torch.device | None:
@@ -382,17 +385,20 @@ def _register_atexit() -> None:
 
 
 def _drain(block: bool) -> None:
-    """Emit the events whose CUDA end event has completed (all of them with ``block``)."""
+    """Emit the events whose CUDA end event has completed (all of them with ``block``).
+
+    Events wait in call order, and the walk stops at the first whose end event is still
+    pending: end events on one stream complete in order, so a call queries one event
+    however far the host has run ahead of the device, not every event still waiting.
+    """
     with _pending_lock:
-        ready = []
-        waiting = []
-        for item in _pending:
-            end = item[0].events[1]  # type: ignore[index]
-            if block or end.query():
-                ready.append(item)
-            else:
-                waiting.append(item)
-        _pending[:] = waiting
+        count = 0
+        for measure, *_ in _pending:
+            if not block and not measure.events[1].query():  # type: ignore[index]
+                break
+            count += 1
+        ready = _pending[:count]
+        del _pending[:count]
     for measure, fields, level, context in ready:
         try:
             start, end = measure.events  # type: ignore[misc]

@@ -391,20 +391,66 @@ def test_dataloader_workers_write_their_own_files(tmp_path: Path) -> None:
     assert sum(len(read_lines(f)) for f in files) == 8
 
 
-# --- CUDA (runs where a GPU is) -----------------------------------------------------------
+# CUDA paths (device time, the allocator's figures) are tested in test_cuda.py.
 
-@pytest.mark.cuda
-def test_cuda_event_gets_device_time_later_or_at_once_with_sync() -> None:
-    model = nn.Linear(256, 256).cuda()
-    x = torch.ones(64, 256, device="cuda")
+
+def test_the_event_names_the_models_device_before_the_inputs() -> None:
+    """A call whose model lives elsewhere than its input is measured where the model is."""
+    model = nn.Linear(2, 2, device="meta")  # no data: the call does not run it
+
+    @gradguard.infer
+    def describe(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return x * 2
+
     with capture_events() as events:
-        predict(model, x)
-        gradguard.infer(sync=True)(lambda m, t: m(t))(model, x)
-    for event in events:
-        valid(event)
-        assert event["device"] == "cuda:0"
-        assert event["mem_kind"] == "allocator"
-        assert event["gpu_ms"] is not None and event["gpu_ms"] >= 0
+        describe(model, torch.ones(2))
+        predict(nn.Linear(2, 2), torch.ones(1, 2))
+    assert [e["device"] for e in events] == ["meta", "cpu"]
+
+
+class _FakeEnd:
+    """A CUDA end event stand-in: done or not, counting how often it was asked."""
+
+    def __init__(self, done: bool) -> None:
+        self.done = done
+        self.queries = 0
+
+    def query(self) -> bool:
+        self.queries += 1
+        return self.done
+
+    def synchronize(self) -> None:
+        self.done = True
+
+
+class _FakeStart:
+    def elapsed_time(self, end: _FakeEnd) -> float:
+        return 1.5
+
+
+def test_waiting_device_times_leave_in_call_order_asking_one_pending_event() -> None:
+    """However far the host runs ahead, a call asks the device about one waiting event."""
+    import contextvars
+
+    from gradguard import _telemetry
+    from gradguard._memory import Probe
+
+    ends = [_FakeEnd(done) for done in (True, True, False, True, False)]
+    for number, end in enumerate(ends, 1):
+        measure = _telemetry.Measure(number, True, 0, None, Probe())
+        measure.events = (_FakeStart(), end)
+        item = (measure, {"call": number}, "info", contextvars.copy_context())
+        _telemetry._pending.append(item)  # type: ignore[arg-type]
+    with capture_events() as events:
+        _telemetry._drain(block=False)
+        drained = [e["call"] for e in events]
+        waiting = len(_telemetry._pending)
+    assert drained == [1, 2]  # stopped at call 3, still running; 4 waits behind it
+    assert [end.queries for end in ends] == [1, 1, 1, 0, 0]
+    assert waiting == 3
+    assert not _telemetry._pending  # the block's end flushed the rest, in call order
+    assert [e["call"] for e in events] == [1, 2, 3, 4, 5]
+    assert {e["gpu_ms"] for e in events} == {1.5}
 
 
 def _rank_worker(rank: int, init_file: str) -> None:
