@@ -239,6 +239,11 @@ def run(args: argparse.Namespace) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         msg = "--device cuda: this machine has no CUDA device; use --device cpu"
         raise UsageError(msg)
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        msg = f"--device {device}: this machine has {count} CUDA device(s); use cuda:0"
+        msg += "" if count == 1 else f" to cuda:{count - 1}"
+        raise UsageError(msg)
     model, x, description = _build(args, device)
     model.train()  # as a freshly built model is: the guarded variant has to switch it
 

@@ -121,6 +121,11 @@ class AllocatorProbe(Probe):
     would break the user's own ``max_memory_allocated()``), so the call's peak is known
     only when the call raised the process's peak, and ``None`` otherwise; ``memory="peak"``
     resets it before each call for an exact figure.
+
+    On CUDA both figures come from one read of the allocator's nested statistics.
+    ``torch.cuda.memory_allocated()`` and ``max_memory_allocated()`` each flatten every
+    statistic of the allocator into a sorted dict first: about 130 µs apiece, four per
+    call, where one nested read costs a fraction of that.
     """
 
     kind = "allocator"
@@ -129,20 +134,32 @@ class AllocatorProbe(Probe):
         self._device = device
         self._reset = reset_peak
         module: Any = getattr(torch, device.type)
-        self._allocated = module.memory_allocated
-        self._max = getattr(module, "max_memory_allocated", None)
         self._reset_peak = getattr(module, "reset_peak_memory_stats", None)
+        nested = getattr(torch._C, "_cuda_memoryStats", None) if device.type == "cuda" else None
+        if nested is not None:
+            index = device.index if device.index is not None else module.current_device()
+
+            def read() -> tuple[int, int | None]:
+                stats = nested(index)["allocated_bytes"]["all"]
+                return stats["current"], stats["peak"]
+
+        else:
+            allocated = module.memory_allocated
+            highest = getattr(module, "max_memory_allocated", None)
+
+            def read() -> tuple[int, int | None]:
+                return allocated(device), None if highest is None else highest(device)
+
+        self._read = read
 
     def start(self) -> Any:
         if self._reset and self._reset_peak is not None:
             self._reset_peak(self._device)
-        peak = self._max(self._device) if self._max is not None else None
-        return self._allocated(self._device), peak
+        return self._read()
 
     def stop(self, state: Any) -> Reading:
         before, peak_before = state
-        after = self._allocated(self._device)
-        peak = self._max(self._device) if self._max is not None else None
+        after, peak = self._read()
         if peak is not None and not self._reset and peak <= peak_before:
             peak = None
         return before, after, peak

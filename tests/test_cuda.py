@@ -1,5 +1,8 @@
 """CUDA paths: device time from CUDA events, the caching allocator's figures, guarded models
 on the GPU. Every test here is marked ``cuda`` and skips where torch sees no CUDA device.
+
+A call is measured on the device of its models, else of its first tensor argument: the
+functions below take a tensor where they only allocate, as real code takes its inputs.
 """
 
 from __future__ import annotations
@@ -80,15 +83,14 @@ def test_device_time_waits_without_blocking_and_keeps_its_request_context() -> N
     x = torch.randn(2048, 2048, device="cuda")
 
     @gradguard.infer(name="slow")
-    def slow() -> torch.Tensor:
-        y = x
+    def slow(m: nn.Module, y: torch.Tensor) -> torch.Tensor:
         for _ in range(50):  # long enough that the device is still busy at the call's end
-            y = model(y)
+            y = m(y)
         return y
 
     with capture_events() as events:
         with structlog.contextvars.bound_contextvars(request_id="r-1"):
-            slow()
+            slow(model, x)
             waiting = len(_telemetry._pending)
         with structlog.contextvars.bound_contextvars(request_id="r-2"):
             torch.cuda.synchronize()
@@ -121,27 +123,29 @@ def test_allocator_figures_are_the_call_s_and_leave_the_users_peak_alone() -> No
     users_peak = torch.cuda.max_memory_allocated()
 
     @gradguard.infer(name="keeps")
-    def keeps() -> torch.Tensor:
-        return torch.ones(4 * MB, dtype=torch.uint8, device="cuda")
+    def keeps(like: torch.Tensor) -> torch.Tensor:
+        return torch.ones(4 * MB, dtype=like.dtype, device=like.device)
 
+    like = torch.zeros(1, dtype=torch.uint8, device="cuda")
     with capture_events() as events:
-        kept = keeps()
+        kept = keeps(like)
     event = valid(events[0])
     assert event["mem_after_bytes"] - event["mem_before_bytes"] >= 4 * MB
     assert event["mem_peak_bytes"] is None  # below the process's peak: unknown, not made up
     assert torch.cuda.max_memory_allocated() == users_peak
+    assert event["mem_after_bytes"] == torch.cuda.memory_allocated()  # the counter torch reads
     del kept
 
 
 def test_memory_peak_resets_the_counter_for_an_exact_peak_as_documented() -> None:
     @gradguard.infer(memory="peak", name="temporary")
-    def temporary() -> int:
-        scratch = torch.ones(64 * MB, dtype=torch.uint8, device="cuda")
+    def temporary(like: torch.Tensor) -> int:
+        scratch = torch.ones(64 * MB, dtype=like.dtype, device=like.device)
         return int(scratch[0])
 
     torch.cuda.synchronize()
     with capture_events() as events:
-        assert temporary() == 1
+        assert temporary(torch.zeros(1, dtype=torch.uint8, device="cuda")) == 1
     event = valid(events[0])
     assert event["mem_peak_bytes"] >= event["mem_before_bytes"] + 64 * MB
     assert event["mem_after_bytes"] < event["mem_before_bytes"] + 64 * MB
@@ -149,12 +153,12 @@ def test_memory_peak_resets_the_counter_for_an_exact_peak_as_documented() -> Non
 
 def test_memory_tensors_counts_cuda_tensors_exactly() -> None:
     @gradguard.infer(memory="tensors", name="exact")
-    def exact() -> torch.Tensor:
-        scratch = torch.ones(1000, device="cuda")  # 4,000 bytes, freed
+    def exact(device: torch.Tensor) -> torch.Tensor:
+        scratch = torch.ones(1000, device=device.device)  # 4,000 bytes, freed
         return scratch[:250].clone()  # 1,000 bytes, kept
 
     with capture_events() as events:
-        kept = exact()
+        kept = exact(torch.empty(0, device="cuda"))
     event = valid(events[0])
     assert (event["mem_after_bytes"], event["mem_peak_bytes"]) == (1000, 5000)
     assert event["device"] == "cuda:0"
@@ -192,8 +196,11 @@ def test_gpu_teacher_logits_in_a_training_step_warn_with_the_teacher_name() -> N
     student = nn.Linear(8, 8).cuda()
     x = torch.randn(4, 8, device="cuda")
     soft = teacher(x)
-    with pytest.warns(gradguard.LeakWarning, match="gpu-teacher"):
-        student(soft).sum().backward()
+    with (
+        pytest.warns(gradguard.LeakWarning, match="gpu-teacher"),
+        pytest.raises(RuntimeError, match="Inference tensors cannot be saved for backward"),
+    ):
+        student(soft)  # gradguard's warning first, naming the teacher; then torch's error
 
 
 def test_the_log_file_holds_device_time_after_flush(tmp_path: Path) -> None:
@@ -203,6 +210,18 @@ def test_the_log_file_holds_device_time_after_flush(tmp_path: Path) -> None:
     (line,) = (tmp_path / "gpu.jsonl").read_text().splitlines()
     event = valid(json.loads(line))
     assert event["gpu_ms"] is not None and event["device"] == "cuda:0"
+
+
+def test_demo_refuses_a_gpu_this_machine_does_not_have(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    missing = f"cuda:{torch.cuda.device_count()}"
+    with pytest.raises(SystemExit) as info:
+        demo(["--device", missing])
+    assert info.value.code == 2
+    assert f"--device {missing}: this machine has {torch.cuda.device_count()} CUDA" in (
+        capsys.readouterr().err
+    )
 
 
 def test_demo_on_the_gpu_reproduces_the_article_at_a_small_size(
