@@ -238,11 +238,40 @@ def remember(result: Any, target: str, call: int) -> None:
 
 
 def origin_of(tensor: torch.Tensor) -> _Origin | None:
-    """Which guarded call made ``tensor``, if gradguard remembers it."""
+    """Which guarded call made ``tensor``, or the tensor it is a view of, if gradguard
+    remembers it."""
     entry = _origins.get(id(tensor))
-    if entry is None or entry[0]() is not tensor:
+    if entry is not None and entry[0]() is tensor:
+        return entry[1]
+    return _origin_of_view(tensor) if tensor.is_inference() else None
+
+
+def _origin_of_view(tensor: torch.Tensor) -> _Origin | None:
+    """The origin of the remembered tensor whose storage ``tensor`` shares.
+
+    A view of a returned tensor taken outside inference mode (``logits[..., :-1, :]``,
+    ``logits.view(-1, vocab)``, as loss code does) is a new inference tensor, and torch
+    does not link inference tensors to their base (``_base`` is None): the storage is
+    what they share. The scan runs only when an inference tensor gradguard does not know
+    by identity meets autograd (where torch usually fails), never on the per-call path.
+    """
+    try:
+        address = tensor.untyped_storage().data_ptr()
+        if not address:  # an empty tensor: no storage to share
+            return None
+        with _lock:
+            entries = list(_origins.values())
+        for ref, origin in entries:
+            base = ref()
+            if (
+                base is not None
+                and base.device == tensor.device
+                and base.untyped_storage().data_ptr() == address
+            ):
+                return origin
+    except (RuntimeError, NotImplementedError):  # sparse and other tensors without storage
         return None
-    return entry[1]
+    return None
 
 
 # --- the boundary check -------------------------------------------------------------------

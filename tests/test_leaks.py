@@ -6,7 +6,7 @@ import contextlib
 import gc
 import warnings
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -45,6 +45,27 @@ def test_distillation_teacher_output_into_student_warns_at_the_users_line(
     assert record[0].filename == __file__
     assert "outputs='clone'" in str(record[0].message)
     assert "Linear module" in str(record[0].message)
+
+
+@pytest.mark.parametrize(
+    "view",
+    [lambda t: t[:, :-1], lambda t: t.view(-1), lambda t: t.t()],
+    ids=["slice", "flatten", "transpose"],
+)
+def test_a_view_taken_later_still_names_the_call(
+    teacher: nn.Module, view: Callable[[torch.Tensor], torch.Tensor]
+) -> None:
+    """Views of an output, taken outside inference mode, are new inference tensors that
+    torch does not link to their base; the storage they share names the call."""
+    made = teacher(torch.randn(2, 4))  # kept, as a model's output object keeps its logits
+    out = view(made)
+    own = view(torch.inference_mode()(torch.randn)(2, 4))  # the user's own: not the teacher's
+    with (
+        pytest.warns(gradguard.LeakWarning, match=r"made by teacher \(call 1\)"),
+        pytest.raises(RuntimeError, match="Inference tensors"),
+    ):
+        nn.Linear(out.shape[-1], 1)(out)
+    assert gradguard._leaks.origin_of(own) is None
 
 
 def test_cached_embeddings_reused_in_a_training_step(teacher: nn.Module) -> None:
