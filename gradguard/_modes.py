@@ -90,8 +90,24 @@ def _code_of(target: Any) -> types.CodeType | None:
             return None
 
 
+def _profiles_only(code: types.CodeType) -> bool:
+    """Whether every ``autograd`` in ``code`` is ``autograd.profiler``, which records no graph.
+
+    ``DistributedDataParallel.forward`` runs in ``torch.autograd.profiler.record_function``:
+    a profiler label, not a need for gradients.
+    """
+    names = [ins.argval for ins in dis.get_instructions(code) if ins.opcode in dis.hasname]
+    return all(
+        following == "profiler"
+        for name, following in zip(names, [*names[1:], None], strict=True)
+        if name == "autograd"
+    )
+
+
 def _grad_need_in(code: types.CodeType) -> str | None:
     found = _GRAD_NAMES.intersection(code.co_names)
+    if found == {"autograd"} and _profiles_only(code):
+        found = frozenset()
     if found:
         return min(found)
     if "requires_grad" in code.co_names:

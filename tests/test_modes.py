@@ -43,6 +43,30 @@ def test_auto_picks_no_grad_for_code_using_enable_grad_and_autograd() -> None:
     assert state() == OUTSIDE
 
 
+def test_auto_does_not_take_the_autograd_profiler_for_grad_use() -> None:
+    """``torch.autograd.profiler.record_function`` labels a span; it needs no gradients."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    from gradguard._modes import grad_need
+
+    @gradguard.infer
+    def labelled(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        with torch.autograd.profiler.record_function("predict"):
+            return model(x)
+
+    @gradguard.infer
+    def labelled_saliency(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        with torch.autograd.profiler.record_function("saliency"), torch.enable_grad():
+            x = x.clone().requires_grad_()
+            (grad,) = torch.autograd.grad(model(x).sum(), x)
+        return grad
+
+    assert gradguard.describe(labelled).mode == "inference"
+    assert gradguard.describe(labelled_saliency).mode == "no_grad"
+    # DDP's forward runs in record_function: guard(ddp_model) runs in inference mode.
+    assert grad_need(DistributedDataParallel.forward) is None
+
+
 def test_auto_sees_grad_use_in_nested_code_objects() -> None:
     @gradguard.infer
     def outer(x: torch.Tensor) -> list[torch.Tensor]:
