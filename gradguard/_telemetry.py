@@ -475,8 +475,6 @@ class Recorder:
         training mode are counted (``training_modules``).
         """
         try:
-            if _pending:
-                _drain(block=False)
             device = _device_of(args, kwargs, modules)
             probe = probe_for(device, self._memory)
             training = 0 if switch else sum(1 for m in modules or () if m.training)
@@ -509,6 +507,8 @@ class Recorder:
         if measure is None:
             return
         try:
+            if measure.events is not None:  # first: the device time ends where the call did
+                measure.events[1].record(torch.cuda.current_stream(measure.device))
             wall_ns = _perf_ns() - measure.start_ns
             before, after, peak = measure.probe.stop(measure.probe_state)
             rank, world_size = _rank()
@@ -544,9 +544,9 @@ class Recorder:
             if error is not None:
                 fields["error"] = f"{type(error).__name__}: {error}"
             level = fields["level"]
+            queued = False
             if measure.events is not None:
                 start, end = measure.events
-                end.record(torch.cuda.current_stream(device))
                 if self._sync:
                     end.synchronize()
                     fields["gpu_ms"] = start.elapsed_time(end)
@@ -554,11 +554,17 @@ class Recorder:
                     with _pending_lock:
                         _pending.append((measure, fields, level, contextvars.copy_context()))
                     _register_atexit()
-                    return
+                    queued = True
+            if _pending:
+                # Earlier calls' events leave here, once this call's work is queued on the
+                # device, rather than at the next call's start, where writing them would
+                # hold back that call's kernels.
+                _drain(block=False)
         except Exception as failure:
             _warn_once(failure)
             return
-        emit(CALL_EVENT, level, fields)
+        if not queued:
+            emit(CALL_EVENT, level, fields)
 
 
 def _records_grad(tensor: torch.Tensor) -> bool:

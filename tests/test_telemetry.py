@@ -442,15 +442,16 @@ def test_waiting_device_times_leave_in_call_order_asking_one_pending_event() -> 
         item = (measure, {"call": number}, "info", contextvars.copy_context())
         _telemetry._pending.append(item)  # type: ignore[arg-type]
     with capture_events() as events:
-        _telemetry._drain(block=False)
+        gradguard.infer(name="on the cpu")(lambda: None)()  # drains at its end, then logs
         drained = [e["call"] for e in events]
         waiting = len(_telemetry._pending)
-    assert drained == [1, 2]  # stopped at call 3, still running; 4 waits behind it
+    assert drained == [1, 2, 1]  # stopped at call 3, still running; 4 waits behind it
+    assert events[2]["target"] == "on the cpu"
     assert [end.queries for end in ends] == [1, 1, 1, 0, 0]
     assert waiting == 3
     assert not _telemetry._pending  # the block's end flushed the rest, in call order
-    assert [e["call"] for e in events] == [1, 2, 3, 4, 5]
-    assert {e["gpu_ms"] for e in events} == {1.5}
+    assert [e["call"] for e in events] == [1, 2, 1, 3, 4, 5]
+    assert [e["gpu_ms"] for e in events] == [1.5, 1.5, None, 1.5, 1.5, 1.5]
 
 
 def _rank_worker(rank: int, init_file: str) -> None:
