@@ -158,6 +158,10 @@ class _FileSink:
 
     def __init__(self, template: str) -> None:
         rank = _rank()[0]
+        # Until the process group is up, torchrun's RANK tells the rank; a process started
+        # another way (torch.multiprocessing.spawn) that logs before it is rank 0 for now,
+        # and its file is opened again under its own rank once the group is up.
+        self.rank_pending = rank is None and "RANK" not in os.environ and "{rank}" in template
         if rank is None:
             rank = int(os.environ.get("RANK", "0") or 0)
         self.template = template
@@ -182,15 +186,26 @@ _sink_lock = threading.Lock()
 def _file_sink(template: str) -> _FileSink:
     global _sink
     sink = _sink
-    # A new file after configure() changed it, and in a forked worker (its own {pid}).
-    if sink is None or sink.template != template or sink.pid != _pid:
+    if _stale(sink, template):
         with _sink_lock:
             sink = _sink
-            if sink is None or sink.template != template or sink.pid != _pid:
+            if _stale(sink, template):
                 if sink is not None and sink.pid == _pid:
-                    sink.file.close()  # configure() named another file
+                    sink.file.close()  # another file for this process
                 sink = _sink = _FileSink(template)
+    assert sink is not None
     return sink
+
+
+def _stale(sink: _FileSink | None, template: str) -> bool:
+    """Whether events need another file: configure() named one, this is a forked worker
+    (its own ``{pid}``), or the process group now tells the rank the name waited for."""
+    return (
+        sink is None
+        or sink.template != template
+        or sink.pid != _pid
+        or (sink.rank_pending and _dist_initialized())
+    )
 
 
 _captures: list[list[dict[str, Any]]] = []

@@ -464,6 +464,31 @@ def _rank_worker(rank: int, init_file: str) -> None:
         dist.destroy_process_group()
 
 
+def _early_rank_worker(rank: int, init_file: str) -> None:
+    import torch.distributed as dist
+
+    predict(nn.Linear(2, 2), torch.ones(1, 2))  # before the group: the rank is not known
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        predict(nn.Linear(2, 2), torch.ones(1, 2))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_a_rank_that_logs_before_the_group_is_up_moves_to_its_own_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GRADGUARD_LOG_FILE", str(tmp_path / "rank{rank}.jsonl"))
+    monkeypatch.delenv("RANK", raising=False)
+    torch.multiprocessing.spawn(_early_rank_worker, args=(str(tmp_path / "init"),), nprocs=2)
+    first = read_lines(tmp_path / "rank0.jsonl")
+    ranks = [(e["rank"], e["world_size"]) for e in first]
+    assert ranks.count((None, None)) == 2 and ranks.count((0, 2)) == 1 and len(ranks) == 3
+    (later,) = read_lines(tmp_path / "rank1.jsonl")
+    assert (later["rank"], later["world_size"]) == (1, 2)
+
+
 def test_ranks_tag_their_events_and_write_their_own_files(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
