@@ -354,23 +354,25 @@ def _device_of(args: Any, kwargs: Any, modules: Any) -> torch.device | None:
 
 
 def _module_device(root: nn.Module) -> torch.device | None:
-    """The device of the first parameter below ``root``, else of its first buffer.
+    """The device of a parameter below ``root``, else of a buffer.
 
-    Walks the module dicts directly: ``parameters()`` builds a generator chain through
-    ``named_modules()`` and costs several µs on every logged call.
+    Walks the module dicts directly, depth first, so a parameter is found at the end of
+    one path down the tree, not after every module above its depth (``parameters()``
+    builds a generator chain through ``named_modules()``: several µs on every logged
+    call). A model whose parameters sit on several devices is logged on the first found.
     """
-    found: list[nn.Module | None] = [root]
-    for module in found:  # the list grows while it is walked: breadth first
+    stack: list[nn.Module | None] = [root]
+    while stack:
+        module = stack.pop()
         if module is not None:
             for parameter in module._parameters.values():
                 if parameter is not None:
                     return parameter.device
-            found.extend(module._modules.values())
-    for module in found:
-        if module is not None:
-            for buffer in module._buffers.values():
-                if buffer is not None:
-                    return buffer.device
+            stack.extend(module._modules.values())
+    for module in root.modules():  # no parameters at all: a buffer, if any
+        for buffer in module._buffers.values():
+            if buffer is not None:
+                return buffer.device
     return None
 
 

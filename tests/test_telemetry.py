@@ -402,10 +402,12 @@ def test_the_event_names_the_models_device_before_the_inputs() -> None:
     def describe(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return x * 2
 
+    buffers_only = nn.Sequential(nn.ReLU(), nn.BatchNorm1d(2, affine=False, device="meta"))
     with capture_events() as events:
         describe(model, torch.ones(2))
+        describe(buffers_only, torch.ones(2))
         predict(nn.Linear(2, 2), torch.ones(1, 2))
-    assert [e["device"] for e in events] == ["meta", "cpu"]
+    assert [e["device"] for e in events] == ["meta", "meta", "cpu"]
 
 
 class _FakeEnd:
