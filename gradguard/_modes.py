@@ -91,17 +91,24 @@ def _code_of(target: Any) -> types.CodeType | None:
 
 
 def _profiles_only(code: types.CodeType) -> bool:
-    """Whether every ``autograd`` in ``code`` is ``autograd.profiler``, which records no graph.
+    """Whether every ``autograd`` in ``code`` is read as ``<...>.autograd.profiler``.
 
     ``DistributedDataParallel.forward`` runs in ``torch.autograd.profiler.record_function``:
-    a profiler label, not a need for gradients.
+    a profiler label, not a need for gradients. An ``autograd`` imported, stored, or read
+    for anything but its ``profiler`` is a use of autograd.
     """
-    names = [ins.argval for ins in dis.get_instructions(code) if ins.opcode in dis.hasname]
-    return all(
-        following == "profiler"
-        for name, following in zip(names, [*names[1:], None], strict=True)
-        if name == "autograd"
-    )
+    instructions = list(dis.get_instructions(code))
+    for instruction, following in zip(instructions, [*instructions[1:], None], strict=True):
+        if instruction.argval != "autograd" or instruction.opcode not in dis.hasname:
+            continue
+        if (
+            not instruction.opname.startswith("LOAD_")
+            or following is None
+            or following.opname not in ("LOAD_ATTR", "LOAD_METHOD")
+            or following.argval != "profiler"
+        ):
+            return False
+    return True
 
 
 def _grad_need_in(code: types.CodeType) -> str | None:

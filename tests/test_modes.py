@@ -67,6 +67,27 @@ def test_auto_does_not_take_the_autograd_profiler_for_grad_use() -> None:
     assert grad_need(DistributedDataParallel.forward) is None
 
 
+def test_autograd_imported_or_aliased_beside_the_profiler_is_a_grad_use() -> None:
+    from gradguard._modes import grad_need
+
+    def imported(x: torch.Tensor) -> torch.Tensor:
+        from torch import autograd
+
+        with autograd.profiler.record_function("jacobian"):
+            return autograd.functional.jacobian(lambda t: t**2, x)  # type: ignore[no-any-return]
+
+    def aliased(x: torch.Tensor) -> torch.Tensor:
+        ag = torch.autograd
+        with ag.profiler.record_function("grad"):
+            return ag.grad(x.sum(), x)[0]
+
+    assert grad_need(imported) == "autograd"
+    assert grad_need(aliased) == "autograd"
+    x = torch.ones(2)
+    expected = torch.eye(2) * 2
+    assert torch.equal(gradguard.infer(imported)(x), expected)  # under no_grad: the right answer
+
+
 def test_auto_sees_grad_use_in_nested_code_objects() -> None:
     @gradguard.infer
     def outer(x: torch.Tensor) -> list[torch.Tensor]:
