@@ -165,7 +165,8 @@ def _check_op(func: Any, args: Any, kwargs: Any) -> None:
 
 _Origin = tuple[str, int]  # (target, call): a tuple, built on every remembered tensor
 
-_origins: dict[int, tuple[weakref.ref[torch.Tensor], _Origin]] = {}
+_Entry = tuple[weakref.ref[torch.Tensor], _Origin]
+_origins: dict[int, _Entry] = {}
 # Reentrant: a weak reference's callback (_forget) runs wherever the collector frees a
 # tensor, which may be inside this lock, in this very thread.
 _lock = threading.RLock()
@@ -210,10 +211,12 @@ def _install() -> None:
 
 
 def _note(tensor: torch.Tensor, origin: _Origin) -> None:
+    global _noted
     key = id(tensor)
     entry = (weakref.ref(tensor, functools.partial(_forget, key)), origin)
     with _lock:
         _origins[key] = entry
+        _noted += 1
         if _hook is None:
             _install()
 
@@ -246,32 +249,54 @@ def origin_of(tensor: torch.Tensor) -> _Origin | None:
     return _origin_of_view(tensor) if tensor.is_inference() else None
 
 
+# Remembered tensors by the storage they hold, for views of them: built at the first
+# lookup after a tensor was remembered, so that a training step that meets the same
+# unknown inference tensor in every module (a mask the user made) looks it up once per
+# remembered batch, not by a scan per module call.
+_noted = 0
+_by_storage: tuple[int, dict[tuple[torch.device, int], _Entry]] = (-1, {})
+
+
 def _origin_of_view(tensor: torch.Tensor) -> _Origin | None:
     """The origin of the remembered tensor whose storage ``tensor`` shares.
 
     A view of a returned tensor taken outside inference mode (``logits[..., :-1, :]``,
     ``logits.view(-1, vocab)``, as loss code does) is a new inference tensor, and torch
     does not link inference tensors to their base (``_base`` is None): the storage is
-    what they share. The scan runs only when an inference tensor gradguard does not know
-    by identity meets autograd (where torch usually fails), never on the per-call path.
+    what they share, while the returned tensor lives.
     """
     try:
         address = tensor.untyped_storage().data_ptr()
-        if not address:  # an empty tensor: no storage to share
-            return None
-        with _lock:
-            entries = list(_origins.values())
-        for ref, origin in entries:
-            base = ref()
-            if (
-                base is not None
-                and base.device == tensor.device
-                and base.untyped_storage().data_ptr() == address
-            ):
-                return origin
-    except (RuntimeError, NotImplementedError):  # sparse and other tensors without storage
+    except Exception:  # sparse, nested and other tensors without one storage
         return None
-    return None
+    if not address:  # empty or meta: no storage to share
+        return None
+    entry = _storage_index().get((tensor.device, address))
+    if entry is None or entry[0]() is None:  # none, or one that died since
+        return None
+    return entry[1]
+
+
+def _storage_index() -> dict[tuple[torch.device, int], _Entry]:
+    global _by_storage
+    built, index = _by_storage
+    if built != _noted:
+        with _lock:
+            built = _noted
+            entries = list(_origins.values())
+        index = {}
+        for entry in entries:
+            base = entry[0]()
+            if base is None:
+                continue
+            try:
+                address = base.untyped_storage().data_ptr()
+            except Exception:  # one tensor without a storage spoils no other
+                continue
+            if address:
+                index.setdefault((base.device, address), entry)
+        _by_storage = (built, index)
+    return index
 
 
 # --- the boundary check -------------------------------------------------------------------
@@ -338,7 +363,7 @@ def _check_module_call(module: nn.Module, args: Any) -> None:
     origin = origin_of(suspect)
     if origin is None:  # an inference tensor gradguard did not make: look for one it did
         for tensor in shallow_tensors(args):
-            origin = origin_of(tensor) if tensor.is_inference() else None
+            origin = origin_of(tensor) if tensor is not suspect and tensor.is_inference() else None
             if origin is not None:
                 break
     if origin is not None:

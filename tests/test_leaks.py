@@ -68,6 +68,17 @@ def test_a_view_taken_later_still_names_the_call(
     assert gradguard._leaks.origin_of(own) is None
 
 
+def test_views_are_found_past_a_remembered_tensor_without_a_storage() -> None:
+    with torch.inference_mode():
+        sparse = torch.eye(3).to_sparse()
+        dense = torch.ones(4, 4)
+    _leaks.remember(sparse, "sparse-target", 1)  # first in line: has no single storage
+    _leaks.remember(dense, "dense-target", 7)
+    assert _leaks.origin_of(dense[1:]) == ("dense-target", 7)
+    assert _leaks.origin_of(torch.inference_mode()(torch.ones)(2)) is None
+    del sparse, dense
+
+
 def test_cached_embeddings_reused_in_a_training_step(teacher: nn.Module) -> None:
     cache = {"emb": teacher(torch.randn(3, 4))}  # computed once, kept
     layer = nn.Linear(4, 4).train()
