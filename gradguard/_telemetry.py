@@ -176,7 +176,15 @@ class _FileSink:
 
     def write(self, level: str, event: str, fields: dict[str, Any]) -> None:
         fields["event"] = event
-        self.file.write(_render_line(self.merge(None, level, fields)))
+        line = _render_line(self.merge(None, level, fields))
+        try:
+            self.file.write(line)
+        except ValueError:
+            if _sink is None or _sink is self or not self.file.closed:
+                raise
+            # Another thread moved the process to another file between this thread's
+            # look-up and its write (configure(), or the rank now known): write there.
+            _sink.file.write(line)
 
 
 _sink: _FileSink | None = None
@@ -190,9 +198,10 @@ def _file_sink(template: str) -> _FileSink:
         with _sink_lock:
             sink = _sink
             if _stale(sink, template):
-                if sink is not None and sink.pid == _pid:
-                    sink.file.close()  # another file for this process
-                sink = _sink = _FileSink(template)
+                old, sink = sink, _FileSink(template)
+                _sink = sink
+                if old is not None and old.pid == _pid:
+                    old.file.close()  # another file for this process (see write)
     assert sink is not None
     return sink
 
@@ -337,19 +346,26 @@ class Measure:
         self.tracker: Any = None
 
 
-def _device_of(args: Any, kwargs: Any, modules: Any) -> torch.device | None:
-    """Where the call computes: its models' device, else its first tensor argument's.
+_HOST_DEVICES = frozenset({"cpu", "meta"})
 
-    The models come first: ``predict(model, batch)`` that moves a CPU batch onto the
-    model's GPU inside runs on the GPU, and its event times and measures the GPU.
+
+def _device_of(args: Any, kwargs: Any, modules: Any) -> torch.device | None:
+    """Where the call computes: an accelerator among its inputs and models, else the host.
+
+    An input on an accelerator decides at once (a model offloaded to the CPU or to
+    ``meta``, as accelerate and FSDP do, computes where its inputs are). Otherwise the
+    models' device: ``predict(model, cpu_batch)`` that moves the batch onto the model's
+    GPU inside is timed and measured on the GPU.
     """
-    for module in modules or ():
-        device = _module_device(module)
-        if device is not None:
-            return device
     tensor = next(shallow_tensors(args), None)
     if tensor is None and kwargs:
         tensor = next(shallow_tensors(kwargs.values()), None)
+    if tensor is not None and tensor.device.type not in _HOST_DEVICES:
+        return tensor.device
+    for module in modules or ():
+        device = _module_device(module)
+        if device is not None and (device.type != "meta" or tensor is None):
+            return device
     return None if tensor is None else tensor.device
 
 
@@ -361,6 +377,7 @@ def _module_device(root: nn.Module) -> torch.device | None:
     builds a generator chain through ``named_modules()``: several µs on every logged
     call). A model whose parameters sit on several devices is logged on the first found.
     """
+    buffer_device = None
     stack: list[nn.Module | None] = [root]
     while stack:
         module = stack.pop()
@@ -368,12 +385,13 @@ def _module_device(root: nn.Module) -> torch.device | None:
             for parameter in module._parameters.values():
                 if parameter is not None:
                     return parameter.device
+            if buffer_device is None:
+                for buffer in module._buffers.values():
+                    if buffer is not None:
+                        buffer_device = buffer.device
+                        break
             stack.extend(module._modules.values())
-    for module in root.modules():  # no parameters at all: a buffer, if any
-        for buffer in module._buffers.values():
-            if buffer is not None:
-                return buffer.device
-    return None
+    return buffer_device
 
 
 _device_names: dict[torch.device, str] = {}
@@ -411,7 +429,7 @@ def _drain(block: bool) -> None:
     with _pending_lock:
         count = 0
         for measure, *_ in _pending:
-            if not block and not measure.events[1].query():  # type: ignore[index]
+            if not block and not _done(measure.events[1]):  # type: ignore[index]
                 break
             count += 1
         ready = _pending[:count]
@@ -424,6 +442,13 @@ def _drain(block: bool) -> None:
         except Exception as error:
             _warn_once(error)
         context.run(emit, CALL_EVENT, level, fields)  # with the request id of its own call
+
+
+def _done(end: Any) -> bool:
+    try:
+        return bool(end.query())
+    except Exception:  # a device in error: the event goes out without its time, warned
+        return True
 
 
 def flush() -> None:

@@ -114,6 +114,19 @@ def test_cpu_batch_moved_inside_is_measured_on_the_model_device(model: nn.Module
     assert event["mem_kind"] == "allocator"
 
 
+def test_a_model_offloaded_to_the_cpu_is_measured_where_its_inputs_are() -> None:
+    @gradguard.infer
+    def offloaded(m: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+        # Its parameters rest on the CPU and come to the GPU per call, as accelerate's
+        # offloading moves them.
+        return nn.functional.linear(x, m.weight.to(x.device), m.bias.to(x.device))
+
+    with capture_events() as events:
+        offloaded(nn.Linear(4, 4), torch.ones(2, 4, device="cuda"))
+    (event,) = events
+    assert (event["device"], event["mem_kind"]) == ("cuda:0", "allocator")
+
+
 def test_allocator_figures_are_the_call_s_and_leave_the_users_peak_alone() -> None:
     """``memory="auto"`` reads the allocator and never resets its peak counter."""
     torch.cuda.synchronize()

@@ -394,20 +394,24 @@ def test_dataloader_workers_write_their_own_files(tmp_path: Path) -> None:
 # CUDA paths (device time, the allocator's figures) are tested in test_cuda.py.
 
 
-def test_the_event_names_the_models_device_before_the_inputs() -> None:
-    """A call whose model lives elsewhere than its input is measured where the model is."""
+def test_the_event_names_the_device_the_call_computes_on() -> None:
+    """Inputs on an accelerator decide; else the models' device, unless it is ``meta``
+    (an offloaded model computes where its inputs are). On the CPU only the host
+    devices can be shown: tests/test_cuda.py has the GPU cases."""
     model = nn.Linear(2, 2, device="meta")  # no data: the call does not run it
 
     @gradguard.infer
-    def describe(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        return x * 2
+    def describe(m: nn.Module, x: torch.Tensor | None = None) -> torch.Tensor | None:
+        return x
 
     buffers_only = nn.Sequential(nn.ReLU(), nn.BatchNorm1d(2, affine=False, device="meta"))
     with capture_events() as events:
-        describe(model, torch.ones(2))
-        describe(buffers_only, torch.ones(2))
+        describe(model)
+        describe(buffers_only)
+        describe(model, torch.ones(2))  # offloaded to meta: where the input is
         predict(nn.Linear(2, 2), torch.ones(1, 2))
-    assert [e["device"] for e in events] == ["meta", "meta", "cpu"]
+        describe(nn.ReLU())
+    assert [e["device"] for e in events] == ["meta", "meta", "cpu", "cpu", None]
 
 
 class _FakeEnd:
@@ -454,6 +458,50 @@ def test_waiting_device_times_leave_in_call_order_asking_one_pending_event() -> 
     assert not _telemetry._pending  # the block's end flushed the rest, in call order
     assert [e["call"] for e in events] == [1, 2, 1, 3, 4, 5]
     assert [e["gpu_ms"] for e in events] == [1.5, 1.5, None, 1.5, 1.5, 1.5]
+
+
+class _BrokenEnd:
+    """A CUDA end event on a device in error: every question raises."""
+
+    def query(self) -> bool:
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    synchronize = query
+
+
+def test_a_device_error_loses_no_event() -> None:
+    import contextvars
+
+    from gradguard import _telemetry
+    from gradguard._memory import Probe
+
+    measure = _telemetry.Measure(1, True, 0, None, Probe())
+    measure.events = (_FakeStart(), _BrokenEnd())
+    item = (measure, {"call": 1, "gpu_ms": None}, "info", contextvars.copy_context())
+    _telemetry._pending.append(item)  # type: ignore[arg-type]
+    with capture_events() as events, pytest.warns(gradguard.TelemetryWarning, match="illegal"):
+        gradguard.infer(name="on the cpu")(lambda: None)()
+    assert [(e["call"], e["gpu_ms"]) for e in events] == [(1, None), (1, None)]
+    assert events[1]["target"] == "on the cpu"
+    assert not _telemetry._pending
+
+
+def test_a_write_that_meets_a_file_swapped_by_another_thread_lands_in_the_new_one(
+    tmp_path: Path,
+) -> None:
+    from gradguard import _telemetry
+
+    gradguard.configure(log_file=str(tmp_path / "a.jsonl"))
+    predict(nn.Linear(1, 1), torch.ones(1, 1))
+    looked_up = _telemetry._sink  # a thread's sink, fetched just before another thread...
+    gradguard.configure(log_file=str(tmp_path / "b.jsonl"))
+    predict(nn.Linear(1, 1), torch.ones(1, 1))  # ...moved the process to another file
+    assert looked_up is not None and looked_up.file.closed
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", gradguard.TelemetryWarning)
+        looked_up.write("info", "gradguard.call", {"late": True})
+    assert len(read_lines(tmp_path / "a.jsonl")) == 1
+    assert [e.get("late") for e in read_lines(tmp_path / "b.jsonl")] == [None, True]
 
 
 def _rank_worker(rank: int, init_file: str) -> None:
