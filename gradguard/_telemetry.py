@@ -221,16 +221,24 @@ _captures: list[list[dict[str, Any]]] = []
 _warned = False
 
 
-def _warn_once(error: BaseException) -> None:
+_CHECK_LOGGING = (
+    "Check the log_file (gradguard.configure) or the structlog configuration; "
+    "gradguard.configure(enabled=False) turns logging off."
+)
+_CHECK_DEVICE = (
+    "Its CUDA device time could not be read, so its event has no gpu_ms: a CUDA error "
+    "stays with the process, and CUDA_LAUNCH_BLOCKING=1 shows the operation that made it."
+)
+
+
+def _warn_once(error: BaseException, what_to_do: str = _CHECK_LOGGING) -> None:
     global _warned
     if _warned:
         return
     _warned = True
     msg = (
         f"gradguard could not log a call ({type(error).__name__}: {error}); the call "
-        "itself went on. Further logging errors are not reported. Check the log_file "
-        "(gradguard.configure) or the structlog configuration; gradguard.configure("
-        "enabled=False) turns logging off."
+        f"itself went on. Further logging errors are not reported. {what_to_do}"
     )
     warnings.warn(msg, TelemetryWarning, stacklevel=user_stacklevel())
 
@@ -440,7 +448,7 @@ def _drain(block: bool) -> None:
             end.synchronize()
             fields["gpu_ms"] = start.elapsed_time(end)
         except Exception as error:
-            _warn_once(error)
+            _warn_once(error, _CHECK_DEVICE)
         context.run(emit, CALL_EVENT, level, fields)  # with the request id of its own call
 
 
