@@ -129,7 +129,24 @@ def test_dataloader_workers_share_one_log_file_line_by_line(
 TORCHRUN_SCRIPT = ROOT / "examples" / "torchrun_ddp.py"
 
 
+# Gloo's worker threads sometimes abort a rank as its interpreter shuts down, after the
+# script's work is done, with plain torch too (the same DDP script without gradguard
+# aborted in 2 of 25 runs on a loaded 2-core machine): a launch that ends that way,
+# and only that way, is run again from scratch.
+GLOO_TEARDOWN_ABORT = "terminate called without an active exception"
+
+
 def _torchrun(tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    for _ in range(3):
+        for stale in tmp_path.glob("calls-*.jsonl"):
+            stale.unlink()
+        run = _torchrun_once(tmp_path)
+        if run.returncode == 0 or GLOO_TEARDOWN_ABORT not in run.stdout + run.stderr:
+            break
+    return run
+
+
+def _torchrun_once(tmp_path: Path) -> subprocess.CompletedProcess[str]:
     env = {
         **os.environ,
         "GRADGUARD_LOG_FILE": str(tmp_path / "calls-{rank}.jsonl"),
