@@ -30,6 +30,7 @@ from torch.overrides import TorchFunctionMode
 
 from ._config import LeakLevel, check_leak_level, current
 from ._errors import GradguardWarning, LeakError, LeakWarning
+from ._hooks import forward_pre_hooks
 from ._outputs import _ATOMS, each_tensor, shallow_tensors
 from ._stack import user_stacklevel
 
@@ -170,8 +171,6 @@ _origins: dict[int, _Entry] = {}
 # Reentrant: a weak reference's callback (_forget) runs wherever the collector frees a
 # tensor, which may be inside this lock, in this very thread.
 _lock = threading.RLock()
-_hook: Any = None  # the hook's handle while it is installed
-_handle: Any = None  # registered once; installing again puts its entry back
 
 
 def _forget(key: int, ref: weakref.ref[torch.Tensor]) -> None:
@@ -186,28 +185,16 @@ def _forget(key: int, ref: weakref.ref[torch.Tensor]) -> None:
 
 
 def _unhook() -> None:
-    global _hook
     with _lock:
-        if not _origins and _hook is not None:
-            _hook.remove()
-            _hook = None
+        if not _origins:
+            forward_pre_hooks.discard("leaks")
 
 
 def unhook_idle() -> None:
     """At a guarded call's start: take the hook out if every watched tensor has died, so
     that the call's own module calls take torch's path without hooks."""
-    if _hook is not None and not _origins:
+    if not _origins and "leaks" in forward_pre_hooks.watchers:
         _unhook()
-
-
-def _install() -> None:
-    global _hook, _handle
-    hooks = _handle.hooks_dict_ref() if _handle is not None else None
-    if hooks is None:
-        _handle = nn.modules.module.register_module_forward_pre_hook(_check_call)
-    else:  # cheaper than a new registration, for programs whose outputs die young
-        hooks[_handle.id] = _check_call
-    _hook = _handle
 
 
 def _note(tensor: torch.Tensor, origin: _Origin) -> None:
@@ -217,8 +204,8 @@ def _note(tensor: torch.Tensor, origin: _Origin) -> None:
     with _lock:
         _origins[key] = entry
         _noted += 1
-        if _hook is None:
-            _install()
+        if "leaks" not in forward_pre_hooks.watchers:
+            forward_pre_hooks.add("leaks", _check_call)
 
 
 def remember(result: Any, target: str, call: int) -> None:

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 import gradguard
-from gradguard import _leaks
+from gradguard import _hooks, _leaks
 from gradguard.testing import capture_events
 
 
@@ -29,7 +29,7 @@ def _no_leak_state_left() -> Iterator[None]:
     yield
     gc.collect()
     nn.Identity()(torch.ones(1))  # the hook leaves at the first module call it finds idle
-    assert _leaks._hook is None, "the module hook outlived the tensors it watches"
+    assert not _hooks.forward_pre_hooks.installed(), "the module hook outlived the tensors it watches"
 
 
 def test_distillation_teacher_output_into_student_warns_at_the_users_line(
@@ -128,20 +128,20 @@ def test_legitimate_uses_do_not_warn(use: str) -> None:
 
 def test_nothing_is_kept_alive_and_the_hook_goes_away(teacher: nn.Module) -> None:
     out = teacher(torch.randn(2, 4))
-    assert _leaks._hook is not None  # watching while a gradguard-made inference tensor lives
+    assert _hooks.forward_pre_hooks.installed()  # watching while a gradguard-made inference tensor lives
     ref = weakref.ref(out)
     del out
     gc.collect()
     assert ref() is None
     assert _leaks._origins == {}
     nn.Identity()(torch.ones(1))  # the next module call finds nothing to watch, and unhooks
-    assert _leaks._hook is None
+    assert not _hooks.forward_pre_hooks.installed()
 
 
 def test_level_off_remembers_nothing(teacher: nn.Module) -> None:
     gradguard.configure(leaks="off")
     out = teacher(torch.randn(2, 4))
-    assert _leaks._hook is None
+    assert not _hooks.forward_pre_hooks.installed()
     with warnings.catch_warnings():
         warnings.simplefilter("error", gradguard.LeakWarning)
         with pytest.raises(RuntimeError, match="Inference tensors cannot be saved"):
