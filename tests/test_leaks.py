@@ -29,7 +29,7 @@ def _no_leak_state_left() -> Iterator[None]:
     yield
     gc.collect()
     nn.Identity()(torch.ones(1))  # the hook leaves at the first module call it finds idle
-    assert not _hooks.forward_pre_hooks.installed(), "the module hook outlived the tensors it watches"
+    assert not _hooks.forward_pre_hooks.installed(), "the hook outlived the tensors it watches"
 
 
 def test_distillation_teacher_output_into_student_warns_at_the_users_line(
@@ -128,7 +128,7 @@ def test_legitimate_uses_do_not_warn(use: str) -> None:
 
 def test_nothing_is_kept_alive_and_the_hook_goes_away(teacher: nn.Module) -> None:
     out = teacher(torch.randn(2, 4))
-    assert _hooks.forward_pre_hooks.installed()  # watching while a gradguard-made inference tensor lives
+    assert _hooks.forward_pre_hooks.installed()  # while a gradguard-made inference tensor lives
     ref = weakref.ref(out)
     del out
     gc.collect()
