@@ -27,7 +27,7 @@ from typing import Any
 
 from torch import nn
 
-__all__ = ["ORDER", "GlobalHook", "forward_pre_hooks"]
+__all__ = ["ORDER", "GlobalHook", "forward_hooks", "forward_pre_hooks"]
 
 # Who sees a module call first: the eval net switches a module to eval before its forward
 # runs, so the watchers after it see the flag the call will run with.
@@ -113,3 +113,4 @@ def _dispatch(watchers: tuple[Watcher, ...]) -> Watcher:
 
 
 forward_pre_hooks = GlobalHook(nn.modules.module.register_module_forward_pre_hook)
+forward_hooks = GlobalHook(nn.modules.module.register_module_forward_hook)
