@@ -74,6 +74,7 @@ __all__ = [
     "JSON_SCHEMA_VERSION",
     "Column",
     "clean",
+    "format_bytes",
     "render",
     "to_json_dict",
 ]
@@ -235,7 +236,8 @@ def _ms(x: float | None) -> str:
     return f"{x:.3g}"
 
 
-def _bytes(x: float | None) -> str:
+def format_bytes(x: float | None) -> str:
+    """``x`` bytes in a unit that keeps it readable: "48 B", "12.0 KiB"; "-" for None."""
     if x is None:
         return "-"
     for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
@@ -243,6 +245,9 @@ def _bytes(x: float | None) -> str:
             return f"{x:.0f} {unit}" if unit == "B" else f"{x:.1f} {unit}"
         x /= 1024
     raise AssertionError  # pragma: no cover - the loop always returns
+
+
+_bytes = format_bytes
 
 
 def _duration(seconds: float | None) -> str:
