@@ -124,9 +124,10 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     audit.add_argument(
         "--format",
-        choices=("table", "json", "markdown"),
+        choices=("table", "json", "markdown", "html"),
         default="table",
-        help="output format (default: table); json is a stable, documented contract",
+        help="output format (default: table); json is a stable, documented contract; "
+        "html is one self-contained file with charts (needs gradguard[report])",
     )
     audit.add_argument(
         "--output",
@@ -187,6 +188,12 @@ def _run_audit(args: argparse.Namespace) -> int:
     conditions: list[str] = args.fail_on
     if "regression" in conditions and not args.compare:
         parser.error("--fail-on regression needs a baseline: add --compare BASELINE...")
+    if args.format == "html":
+        from gradguard._audit._html import check_available
+
+        problem = check_available()
+        if problem:
+            return _error(problem)
     try:
         paths = expand_inputs(args.inputs)
         baseline_paths = expand_inputs(args.compare) if args.compare else []
@@ -199,17 +206,29 @@ def _run_audit(args: argparse.Namespace) -> int:
     def progress(p: Sequence[str]) -> Progress | None:
         return None if args.no_progress else Progress(total_size(p))
 
+    timeline = None
     try:
         baseline = None
         if args.compare:
             baseline = summarize(baseline_paths, args.by, progress(baseline_paths))
-        summary = summarize(paths, args.by, progress(paths))
+        if args.format == "html":
+            from gradguard._audit._timeline import summarize_with_timeline
+
+            collector, timeline = summarize_with_timeline(paths, args.by, progress(paths))
+            summary = collector.summary(paths)
+        else:
+            summary = summarize(paths, args.by, progress(paths))
     except InputError as exc:
         return _error(str(exc))
     comparison = compare(baseline, summary, args.threshold) if baseline is not None else None
     result = check_fail_on(conditions, summary, comparison) if conditions else None
     columns = list(COLUMN_NAMES) if args.wide else args.columns
-    text = render(args.format, summary, comparison, result, columns=columns)
+    if timeline is not None:
+        from gradguard._audit._html import render_html
+
+        text = render_html(collector, timeline, comparison, result, files=paths, columns=columns)
+    else:
+        text = render(args.format, summary, comparison, result, columns=columns)
     problem = _deliver(text, args.output)
     if problem:
         return _error(problem)

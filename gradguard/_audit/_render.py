@@ -74,8 +74,10 @@ __all__ = [
     "JSON_SCHEMA_VERSION",
     "Column",
     "clean",
+    "compare_rows",
     "format_bytes",
     "render",
+    "table_rows",
     "to_json_dict",
 ]
 
@@ -399,6 +401,40 @@ def _pick_columns(
     return chosen, True
 
 
+def table_rows(
+    summary: Summary, columns: Sequence[str] | None = None, *, shorten: bool = False
+) -> tuple[list[str], list[list[str]]]:
+    """The per-group table as a header and rows of cells, the totals last."""
+    groups = [*summary.groups, summary.totals]
+    chosen, default = _pick_columns(groups, columns)
+    names = [_key(g.key) for g in summary.groups]
+    if default and shorten:
+        names = [_shorten(n, _KEY_WIDTH) for n in names]
+    names.append("TOTAL")
+    rows = [[n, *(c.cell(g) for c in chosen)] for n, g in zip(names, groups, strict=True)]
+    return [summary.by, *(c.header for c in chosen)], rows
+
+
+def compare_rows(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
+    """The comparison with the baseline as a header and rows of cells."""
+    rows = []
+    for c in comparison.changes:
+        b, n = c.baseline, c.current
+        rows.append([
+            _key(c.key),
+            c.status.upper() if c.status == "regressed" else c.status,
+            _ms(b.wall_ms.p95 if b and b.wall_ms else None),
+            _ms(n.wall_ms.p95 if n and n.wall_ms else None),
+            _pct(c.wall_p95_change) + (" !" if "wall_ms.p95" in c.flags else ""),
+            _bytes(b.mem_peak_bytes.max if b and b.mem_peak_bytes else None),
+            _bytes(n.mem_peak_bytes.max if n and n.mem_peak_bytes else None),
+            _pct(c.mem_max_change) + (" !" if "mem_peak_bytes.max" in c.flags else ""),
+        ])  # fmt: skip
+    header = [comparison.baseline.by, "status", "wall p95 before", "after", "change",
+              "mem max before", "after", "change"]  # fmt: skip
+    return header, rows
+
+
 class _Text:
     """Builds the table or Markdown report; the two differ only in how a table is drawn."""
 
@@ -444,14 +480,7 @@ class _Text:
             f"{summary.relative_accuracy:.0%}",
             "",
         ]
-        groups = [*summary.groups, t]
-        columns, default = _pick_columns(groups, self.columns)
-        names = [_key(g.key) for g in summary.groups]
-        if default and not self.markdown:
-            names = [_shorten(n, _KEY_WIDTH) for n in names]
-        names.append("TOTAL")
-        rows = [[n, *(c.cell(g) for c in columns)] for n, g in zip(names, groups, strict=True)]
-        out += self.table([summary.by, *(c.header for c in columns)], rows)
+        out += self.table(*table_rows(summary, self.columns, shorten=not self.markdown))
         if comparison is not None:
             out += ["", *self._compare(comparison)]
         if fail_on is not None:
@@ -464,22 +493,7 @@ class _Text:
             f"compare with baseline ({_plural(len(base.files), 'file')}, "
             f"{_plural(base.totals.calls, 'call')}), threshold {comparison.threshold * 100:g}%"
         )
-        rows = []
-        for c in comparison.changes:
-            b, n = c.baseline, c.current
-            rows.append([
-                _key(c.key),
-                c.status.upper() if c.status == "regressed" else c.status,
-                _ms(b.wall_ms.p95 if b and b.wall_ms else None),
-                _ms(n.wall_ms.p95 if n and n.wall_ms else None),
-                _pct(c.wall_p95_change) + (" !" if "wall_ms.p95" in c.flags else ""),
-                _bytes(b.mem_peak_bytes.max if b and b.mem_peak_bytes else None),
-                _bytes(n.mem_peak_bytes.max if n and n.mem_peak_bytes else None),
-                _pct(c.mem_max_change) + (" !" if "mem_peak_bytes.max" in c.flags else ""),
-            ])  # fmt: skip
-        header = [base.by, "status", "wall p95 before", "after", "change",
-                  "mem max before", "after", "change"]  # fmt: skip
-        out += self.table(header, rows)
+        out += self.table(*compare_rows(comparison))
         counts = {s: len(comparison.keys(s)) for s in ("regressed", "new", "vanished")}
         out += ["", ", ".join(f"{v} {k}" for k, v in counts.items())]
         return out

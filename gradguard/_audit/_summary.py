@@ -512,6 +512,25 @@ class Collector:
             for g in self._groups.values():
                 g.flush()
 
+    def merge(self, other: Collector) -> None:
+        """Take in everything ``other`` (same ``by`` and accuracy) has collected."""
+        if other.by != self.by or other.alpha != self.alpha:
+            msg = f"cannot merge a collector by {other.by!r} into one by {self.by!r}"
+            raise ValueError(msg)
+        for key, group in other._groups.items():
+            mine = self._groups.get(key)
+            (self._group(key) if mine is None else mine).merge(group)
+        self._not_json += other._not_json
+        self._other += other._other
+        self._invalid += other._invalid
+        self._first = min(self._first, other._first)
+        self._last = max(self._last, other._last)
+
+    def wall_buckets(self, key: GroupKey) -> list[tuple[float, float, int]]:
+        """The wall-time histogram of group ``key`` (see ``LogSketch.buckets``); [] if none."""
+        group = self._groups.get(key)
+        return [] if group is None else group.wall.buckets()
+
     def summary(self, files: Sequence[str] = ()) -> Summary:
         """Finish: per-group summaries sorted by key, totals, span and skip counts."""
         total = _Group(self.alpha)
