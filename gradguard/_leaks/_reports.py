@@ -39,6 +39,7 @@ __all__ = [
 
 TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
 _Tensor = torch.Tensor
+_NOTES = sys.version_info >= (3, 11)  # exception notes, shown under the traceback
 _MAX_FRAMES = 64  # a traceback deeper than this is searched from its innermost end only
 _FIX = (
     "Fix: give that target mode='no_grad' or outputs='clone', or use tensor.clone() made "
@@ -176,7 +177,8 @@ def find_origin(
 
     Looked for in the locals of the traceback's frames, innermost first (the failing
     operation's caller has the very tensor, and a module's forward has its keyword
-    arguments, which torch does not pass to global hooks), then among the module call's
+    arguments, which torch does not pass to global hooks), in the tensors of a method's
+    ``self`` when it is a module (a metric's update), then among the module call's
     positional arguments, then in the module's own tensors.
     """
     frames: list[FrameType] = []
@@ -184,7 +186,11 @@ def find_origin(
         frames.append(traceback.tb_frame)
         traceback = traceback.tb_next
     for frame in reversed(frames[-_MAX_FRAMES:]):
-        origin = _first_origin(frame.f_locals.values())
+        values = frame.f_locals
+        origin = _first_origin(values.values())
+        owner = values.get("self")
+        if origin is None and isinstance(owner, torch.nn.Module):  # a method's own state
+            origin = _first_origin(_module_values(owner))
         if origin is not None:
             return origin
     origin = _first_origin(args)
@@ -196,7 +202,7 @@ def find_origin(
 def attach_note(error: BaseException, note: str) -> None:
     """Add ``note`` to ``error`` where its traceback shows it: an exception note (Python
     3.11+), or the message itself on 3.10, which shows no notes."""
-    if sys.version_info >= (3, 11):
+    if _NOTES:
         error.add_note(note)
     elif error.args and isinstance(error.args[0], str):
         error.args = (f"{error.args[0]}\n{note}", *error.args[1:])
