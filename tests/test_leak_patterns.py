@@ -272,6 +272,24 @@ def test_a_torchmetrics_state_reset_in_validation_is_named_in_the_next_training_
     assert "validation (call 1)" in notes(caught.value)
 
 
+def test_a_model_first_seen_at_a_later_look_is_not_blamed_for_what_it_held() -> None:
+    @gradguard.infer(name="predict")
+    def predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return model(x)
+
+    with torch.inference_mode():
+        served = nn.Linear(2, 2)  # loaded under inference mode, before any call
+        served.cache = served.weight * 2  # and a plain attribute made of it
+    assert served.cache.is_inference()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", gradguard.LeakWarning)
+        for _ in range(3):
+            predict(nn.Linear(2, 2), torch.ones(1, 2))  # calls 1-3, other models
+        predict(served, torch.ones(1, 2))  # call 4: looked at, for the first time
+    assert _leaks.origin_of(served.weight) is None
+    assert _leaks.origin_of(served.cache) is None
+
+
 # --- 3. a model built inside a guarded call -------------------------------------------------
 
 

@@ -47,17 +47,17 @@ class Looks:
             if entry is not None and entry[0] is ref:
                 del self.baselines[key]
 
-    def compare(self, root: nn.Module, after: set[int]) -> set[int]:
+    def compare(self, root: nn.Module, after: set[int]) -> set[int] | None:
         """Record ``after`` as the last look at ``root``; return what the look before saw
-        (empty for a model seen for the first time)."""
+        (``None`` for a model seen for the first time)."""
         key = id(root)
+        known: set[int] | None = None
         with self.lock:
             baseline = self.baselines.get(key)
             if baseline is not None and baseline[0]() is root:
                 known = baseline[1]
                 ref = baseline[0]
             else:
-                known = set()
                 ref = weakref.ref(root, functools.partial(self.forget, key))
             self.baselines[key] = (ref, after)
         return known
@@ -146,7 +146,10 @@ def look_after(
                 seen = before.get(id(root), set())
                 after = inference_tensors(root, prefix(roots, root), attributes=True)
                 known = looks.compare(root, set(after))
-                earlier.update((k, v) for k, v in after.items() if k in seen and k not in known)
+                if known is None:
+                    known = set()  # a model new to this look: what it held is not the call's
+                else:
+                    earlier.update((k, v) for k, v in after.items() if k in seen and k not in known)
                 # Tensors already there before the call (a loaded module swapped in, say)
                 # are not the call's, whatever registered them.
                 for k in [k for k in found if k in seen or k in known]:
