@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from .._errors import GradguardWarning, LeakError, LeakWarning
+from .._outputs import shallow_tensors
 from .._stack import user_stacklevel
 from ._levels import Action, Level, level
 from ._registry import Origin, origin_of
@@ -145,19 +146,8 @@ def _torch_failure(error: BaseException) -> str | None:
     return "it is an inference tensor"
 
 
-def _tensors_in(values: Any) -> Any:
-    """The tensors among ``values`` and one level into their lists, tuples and dicts."""
-    for value in values:
-        if isinstance(value, _Tensor):
-            yield value
-        elif isinstance(value, (list, tuple)):
-            yield from (item for item in value if isinstance(item, _Tensor))
-        elif isinstance(value, dict):
-            yield from (item for item in value.values() if isinstance(item, _Tensor))
-
-
 def _first_origin(values: Any) -> Origin | None:
-    for tensor in _tensors_in(values):
+    for tensor in shallow_tensors(values):
         if tensor.is_inference():
             origin = origin_of(tensor)
             if origin is not None:
