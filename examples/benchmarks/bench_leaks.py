@@ -72,12 +72,14 @@ def main() -> None:
     timer = timeit.Timer(module_call)
     rows = ("idle", "floor", "floor_always", "previous", "watching", "thousand", "resident")
     calls = dict.fromkeys(rows, float("inf"))
-    number = n // 4 or 1
+    # Many short rounds: on a shared machine the best of each row is more likely to fall
+    # in a quiet moment than with a few long ones.
+    number = n // 20 or 1
 
     def best(row: str) -> None:
         calls[row] = min(calls[row], timer.timeit(number) / number * 1e6)
 
-    for _ in range(r):
+    for _ in range(r * 4):
         best("idle")
         trivial = register.register_module_forward_pre_hook(lambda module, args: None)
         best("floor")
@@ -137,7 +139,7 @@ def main() -> None:
 
     programs = {"labels": timeit.Timer(labels), "logits": timeit.Timer(use_logits)}
     young: dict[tuple[str, str], float] = {}
-    for _ in range(r):  # interleaved: the level changes between timed runs, not inside
+    for _ in range(r * 4):  # interleaved: the level changes between timed runs, not inside
         for leaks in ("off", "boundary"):
             gradguard.configure(enabled=False, leaks=leaks)
             for name, timer in programs.items():

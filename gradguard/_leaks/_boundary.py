@@ -76,11 +76,16 @@ def _check_own_tensors(module: nn.Module, args: Any) -> None:
         return
     if _inference_enabled() or not _grad_enabled():
         return  # inside guarded calls this is every module call
-    for table in (module._parameters, module._buffers):
-        if any(id(tensor) in _resident for tensor in table.values()):
+    # The usual module holds none of a call's leftovers: plain loops, no generator.
+    for tensor in module._parameters.values():
+        if id(tensor) in _resident:
             break
     else:
-        return  # the usual module: none of its own tensors is a call's leftover
+        for tensor in module._buffers.values():
+            if id(tensor) in _resident:
+                break
+        else:
+            return
     recorded = False
     for value in args:
         if isinstance(value, torch.Tensor) and value.requires_grad:
