@@ -81,8 +81,8 @@ def _check_own_tensors(module: nn.Module, args: Any) -> None:
         if id(tensor) in _resident:
             break
     else:
-        for tensor in module._buffers.values():
-            if id(tensor) in _resident:
+        for buffer in module._buffers.values():
+            if id(buffer) in _resident:
                 break
         else:
             return

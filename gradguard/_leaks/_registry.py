@@ -180,16 +180,21 @@ sentinel = Sentinel()
 origin_of = sentinel.origin_of
 
 
+# Origin(target, call) without the generated __new__'s Python frame: on every call that
+# returns an inference tensor.
+_new_origin = functools.partial(tuple.__new__, Origin)
+
+
 def remember(result: Any, target: str, call: int) -> None:
     """Note that ``target``'s ``call`` made the inference tensors inside ``result``."""
     kind = type(result)
     if kind is _Tensor:  # the common cases first, without walking anything
         if result.is_inference():
-            sentinel.note(result, Origin(target, call))
+            sentinel.note(result, _new_origin((target, call, "", 0)))
         return
     if kind in _ATOMS:  # a label, a score: nothing to remember
         return
-    origin = Origin(target, call)
+    origin: Origin = _new_origin((target, call, "", 0))
     note = sentinel.note
 
     def visit(tensor: torch.Tensor) -> bool:
