@@ -5,11 +5,11 @@ Run: python examples/benchmarks/bench_leaks.py
 Prints: a module call in a training step while remembered tensors are alive (a
 gradguard-made inference tensor, a thousand of them, a parameter a guarded call left in
 a model) and nothing leaks, beside the same call with no hook, with hooks that do
-nothing, and with the check the boundary made before it named torch's own errors
-instead; a torch operation under ``watch_leaks(level="strict")`` while a remembered
-tensor is alive; and guarded calls whose outputs die at once (plain labels, or a tensor
-dropped after use), the program that keeps no inference tensors, with the sentinel on
-and off.
+nothing, and with a pre-hook that checks every call's arguments; a torch operation under
+``watch_leaks(level="strict")`` while a remembered tensor is alive; and guarded calls
+whose outputs die at once (plain labels, or a tensor dropped after use), the program
+that keeps no inference tensors, with the sentinel on and off. Times are CPU time of
+this process, so that other processes on a shared machine do not count.
 """
 
 from __future__ import annotations
@@ -33,9 +33,9 @@ class _Trivial(TorchFunctionMode):
 
 
 def _previous_boundary(module: nn.Module, args: Any) -> None:
-    """The check the boundary's pre-hook made on every module call before the sentinel
-    named torch's own errors instead: the arguments, for an inference tensor that enters
-    a call autograd records (the reference for what the sentinel costs now)."""
+    """A boundary that checks every module call's arguments for an inference tensor
+    entering a call autograd records, before the call: the reference for the sentinel,
+    which instead waits for torch's error and names the call in it."""
     if torch.compiler.is_compiling():
         return
     if torch.is_inference_mode_enabled() or not torch.is_grad_enabled():
@@ -165,13 +165,13 @@ def main() -> None:
         ("watching", "a gradguard-made tensor alive"),
         ("thousand", "1,000 gradguard-made tensors alive"),
         ("resident", "and a parameter a call left in a model"),
-        ("previous", "previously: a pre-hook checking arguments"),
+        ("previous", "for reference, a pre-hook checking arguments"),
         ("floor", "for reference, a global hook doing nothing"),
         ("floor_always", "  and one with always_call=True"),
     ):
         print(f"  {label:<42s}{calls[row]:7.3f}   {calls[row] - idle:+.2f} µs per module call")
     print(
-        f"  the sentinel against the previous check: "
+        f"  the sentinel against that argument check: "
         f"{calls['watching'] - calls['previous']:+.2f} µs per module call"
     )
     print("torch.mul on 64 floats, µs per op")
