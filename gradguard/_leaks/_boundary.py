@@ -54,7 +54,7 @@ def after_call(module: nn.Module, args: Any, result: Any) -> None:
             except Exception as failure:
                 internal_error(failure)
             return
-    if not _origins and not _resident:
+    if not _origins:
         sentinel.unhook_idle()  # the last remembered storage died: out of every call
 
 

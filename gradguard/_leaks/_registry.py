@@ -102,22 +102,27 @@ class Sentinel:
                 forward_hooks_always.add("leaks", self._after)
 
     def note_resident(self, tensor: torch.Tensor, origin: Origin) -> None:
-        """Remember a parameter or buffer a call left in a module (and its storage)."""
+        """Remember a parameter or buffer a call left in a module.
+
+        Only the forward pre-hook watches these: it warns before the module trains, where
+        the failure is certain, so a model holding a call's leftovers does not also keep
+        the always-called forward hook in every module call.
+        """
         key = id(tensor)
         alive = weakref.ref(tensor, functools.partial(self.forget_resident, key))
-        self.note(tensor, origin)
         with self.lock:
             self.resident[key] = (alive, origin)
             if "leaks" not in forward_pre_hooks.watchers and self._before is not None:
                 forward_pre_hooks.add("leaks", self._before)
 
     def origin_of(self, tensor: torch.Tensor) -> Origin | None:
-        """Which guarded call made ``tensor``'s storage, if it is remembered."""
+        """Which guarded call made ``tensor``'s storage, or left it in a module, if that
+        is remembered."""
         holder = _holder(tensor)
         entry = self.origins.get(id(holder))
         if entry is not None and entry[0]() is holder:
             return entry[1]
-        return None
+        return self.resident_origin(tensor) if self.resident else None
 
     def resident_origin(self, tensor: torch.Tensor) -> Origin | None:
         """The call that left ``tensor`` in a module, if it is a remembered resident."""
@@ -151,17 +156,15 @@ class Sentinel:
     def unhook_idle(self) -> None:
         """Take out the hooks nothing needs any more (from ordinary code only: never from
         a weak-reference callback, nor from a hook while torch's error propagates)."""
-        if self.resident:
+        pre = "leaks" in forward_pre_hooks.watchers
+        always = "leaks" in forward_hooks_always.watchers
+        if (not pre or self.resident) and (not always or self.origins):
             return  # the common cases decided without the lock: at every guarded call
-        if "leaks" not in forward_pre_hooks.watchers and (
-            self.origins or "leaks" not in forward_hooks_always.watchers
-        ):
-            return
         with self.lock:
             if not self.resident:
                 forward_pre_hooks.discard("leaks")
-                if not self.origins:
-                    forward_hooks_always.discard("leaks")
+            if not self.origins:
+                forward_hooks_always.discard("leaks")
 
     def hooked(self) -> bool:
         """Whether any of the sentinel's hooks is in torch now."""
