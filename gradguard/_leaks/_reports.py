@@ -16,7 +16,7 @@ import os
 import sys
 import warnings
 from types import FrameType, TracebackType
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -200,19 +200,28 @@ def attach_note(error: BaseException, note: str) -> None:
         error.args = (*error.args, note)
 
 
-_NAMED = "_gradguard_leak"  # on a torch error the sentinel named: (message, origin, receiver)
+_NAMED = "_gradguard_leak"  # the attribute a named torch error carries: a Named
+
+
+class Named(NamedTuple):
+    """What the sentinel said about a torch error it named."""
+
+    message: str
+    origin: Origin
+    receiver: str
 
 
 def _name_failure(
     error: BaseException, origin: Origin, receiver: str, what: str, action: Action
-) -> str:
+) -> Named:
     tensor = f"the inference tensor {origin.name}" if origin.name else "an inference tensor"
     verb = "left" if origin.name else "made"
     msg = (
         f"gradguard: {tensor} {verb} by {origin.describe()} enters {receiver}, where torch "
         f"failed on it: {what}. {_FIX}"
     )
-    setattr(error, _NAMED, (msg, origin, receiver))
+    named = Named(msg, origin, receiver)
+    setattr(error, _NAMED, named)
     attach_note(error, msg)
     _emit(origin, receiver, msg)
     # A parameter or buffer was warned about already, when its module was about to train.
@@ -220,7 +229,7 @@ def _name_failure(
         # A filter that makes it an error: torch's error, which carries the note, goes on.
         with contextlib.suppress(Warning):
             _warn(msg)
-    return msg
+    return named
 
 
 def name_module_failure(error: BaseException, module: torch.nn.Module, args: Any) -> None:
@@ -251,11 +260,9 @@ def name_block_failure(error: RuntimeError, current: Level, action: Action) -> N
         origin = find_origin(error.__traceback__)
         if origin is None:
             return
-        _name_failure(error, origin, "code in a watch_leaks block", what, action)
-        named = getattr(error, _NAMED)
-    if action == "raise":
-        msg, origin, receiver = named
-        raise _leak_error(msg, origin, receiver) from error
+        named = _name_failure(error, origin, "code in a watch_leaks block", what, action)
+    if action == "raise" and isinstance(named, Named):
+        raise _leak_error(named.message, named.origin, named.receiver) from error
 
 
 # --- the sentinel's own failures ----------------------------------------------------------
