@@ -290,6 +290,33 @@ def test_a_model_first_seen_at_a_later_look_is_not_blamed_for_what_it_held() -> 
     assert _leaks.origin_of(served.cache) is None
 
 
+def test_a_memory_bank_filled_in_a_guarded_call_is_named_when_training_writes_into_it() -> None:
+    class Queue(nn.Module):
+        """A MoCo-style bank of keys, kept in a plain attribute and written in place."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.encoder = nn.Linear(4, 4)
+            self.bank: torch.Tensor | None = None
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            keys = self.encoder(x)
+            if self.bank is None:
+                self.bank = torch.zeros(8, 4)
+            self.bank[: keys.shape[0]] = keys.detach()  # in place, as the bank is updated
+            return keys
+
+    model = Queue()
+    with gradguard.scope(model, name="warmup"):  # the bank is made under inference mode
+        model(torch.ones(2, 4))
+    with (
+        pytest.warns(gradguard.LeakWarning, match=r"attribute 'bank' left by warmup \(call 1\)"),
+        pytest.raises(RuntimeError, match="Inplace update to inference tensor") as caught,
+    ):
+        model(torch.ones(2, 4))  # the first training step
+    assert "it is updated in place outside inference mode" in notes(caught.value)
+
+
 # --- 3. a model built inside a guarded call -------------------------------------------------
 
 
