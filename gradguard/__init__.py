@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from ._describe import describe
     from ._errors import (
         FallbackWarning,
+        GradguardError,
         GradguardWarning,
         LeakError,
         LeakWarning,
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 __all__ = [
     "FallbackWarning",
     "Findings",
+    "GradguardError",
     "GradguardWarning",
     "GuardedFunction",
     "GuardedModule",
@@ -55,6 +57,7 @@ __version__ = "0.1.0.dev0"
 
 _WHERE = {
     "FallbackWarning": "._errors",
+    "GradguardError": "._errors",
     "GradguardWarning": "._errors",
     "GuardedFunction": "._decorate",
     "GuardedModule": "._proxy",

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-__all__ = ["FallbackWarning", "GradguardWarning", "LeakError", "LeakWarning", "TelemetryWarning"]
+__all__ = [
+    "FallbackWarning",
+    "GradguardError",
+    "GradguardWarning",
+    "LeakError",
+    "LeakWarning",
+    "TelemetryWarning",
+]
 
 
 class GradguardWarning(UserWarning):
@@ -25,5 +32,36 @@ class LeakWarning(GradguardWarning):
     """An inference tensor made by a guarded call meets autograd; names the call."""
 
 
-class LeakError(RuntimeError):
-    """``watch_leaks(action="raise")``: the leak that ``LeakWarning`` would report."""
+class GradguardError(Exception):
+    """Base class of every error gradguard raises of its own (not for bad arguments, which
+    raise ``ValueError`` or ``TypeError``)."""
+
+
+class LeakError(GradguardError, RuntimeError):
+    """``watch_leaks(action="raise")``: the leak that ``LeakWarning`` would report.
+
+    ``str(error)`` and ``error.args`` are the message alone; the data is in attributes:
+    ``target`` (the guarded call's name), ``call`` (its number), and ``receiver`` (what the
+    tensor met: ``"the Linear module"``, ``"torch operation mse_loss"``). It is a
+    ``RuntimeError`` too, as torch's own error for the same leak is. Raised inside a
+    ``watch_leaks`` block for torch's error, it has that error as ``__cause__``.
+    """
+
+    target: str | None
+    call: int | None
+    receiver: str | None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        target: str | None = None,
+        call: int | None = None,
+        receiver: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        # Attributes, not args: a pickled error comes back through LeakError(*args) and
+        # then its __dict__, so both the message and the data survive the round trip.
+        self.target = target
+        self.call = call
+        self.receiver = receiver

@@ -21,13 +21,20 @@ finalizer, which the collector may run at any point.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable
 from typing import Any
 
 from torch import nn
 
-__all__ = ["ORDER", "GlobalHook", "forward_hooks", "forward_pre_hooks"]
+__all__ = [
+    "ORDER",
+    "GlobalHook",
+    "forward_hooks",
+    "forward_hooks_always",
+    "forward_pre_hooks",
+]
 
 # Who sees a module call first: the eval net switches a module to eval before its forward
 # runs, so the watchers after it see the flag the call will run with.
@@ -114,3 +121,10 @@ def _dispatch(watchers: tuple[Watcher, ...]) -> Watcher:
 
 forward_pre_hooks = GlobalHook(nn.modules.module.register_module_forward_pre_hook)
 forward_hooks = GlobalHook(nn.modules.module.register_module_forward_hook)
+# Called also when the module's forward raises (``always_call``): the leak sentinel names
+# the guarded call in torch's own error as it propagates out of a module call. torch calls
+# these hooks on that path while iterating its dict, so a watcher must never be added or
+# removed from inside one while an error propagates.
+forward_hooks_always = GlobalHook(
+    functools.partial(nn.modules.module.register_module_forward_hook, always_call=True)
+)

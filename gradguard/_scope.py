@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 from dataclasses import replace
 from types import TracebackType
@@ -9,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
+from . import _leaks
 from ._policy import make_policy
 from ._stack import caller_name
 from ._target import Step, Target, Watch, _unwrap
@@ -90,6 +92,8 @@ class scope:  # used like a function: `with gradguard.scope(model):`
         self._measure: Measure | None = None
         self._watch: Watch | None = None
         self._inference = target.inference
+        self._call = 0
+        self._locals: _leaks.LocalsBefore | None = None  # for what the block leaves behind
 
     def __enter__(self) -> Self:
         if self._step is not None:
@@ -99,7 +103,11 @@ class scope:  # used like a function: `with gradguard.scope(model):`
             )
             raise RuntimeError(msg)
         target = self._target
-        modules, self._measure, _, self._watch = target.begin(None, (), {}, self._modules)
+        modules, self._measure, self._call, self._watch = target.begin(None, (), {}, self._modules)
+        frame = sys._getframe(1)
+        if frame.f_code is _AENTER:  # async with: the frame the block is written in
+            frame = frame.f_back  # type: ignore[assignment]
+        self._locals = _leaks.locals_before(frame)
         self._inference = target.inference
         self._step = target.enter(modules, self._measure)
         self._block = [target, self._step, False]
@@ -124,7 +132,10 @@ class scope:  # used like a function: `with gradguard.scope(model):`
                 done.leave(done_step)
             if exc is not None and self._inference:
                 target.fall_back(exc, can_retry=False, measure=measure)  # next run: no_grad
+            if exc is None and self._locals is not None:
+                _leaks.remember_locals(self._locals, target.name, self._call)
         finally:
+            self._locals = None  # the frame: not kept past the block
             target.end(measure, exc, None, self._watch)
 
     async def __aenter__(self) -> Self:
@@ -140,3 +151,6 @@ class scope:  # used like a function: `with gradguard.scope(model):`
 
     def __repr__(self) -> str:
         return f"<gradguard.scope {self._target.name!r} mode={self._target.info().mode!r}>"
+
+
+_AENTER = scope.__aenter__.__code__

@@ -208,7 +208,7 @@ class Target:
             if held is not None:
                 _release(held)
         if watch is not None:
-            self.watch_end(watch)
+            self.watch_end(watch, result)
         return self.deliver(result, call)
 
     def watch_start(self, call: int, modules: list[nn.Module] | None) -> Watch | None:
@@ -216,20 +216,20 @@ class Target:
         call leaves in its modules: registrations counted so far, and on calls 1, 2,
         4, 8… a look at the modules (``_leaks.look_before``)."""
         _unhook_idle()  # the last watched output died: this call's modules skip the hook
-        if not modules:
-            return None
-        before = _look_before(modules) if not call & (call - 1) else None
-        return call, _landed.seq, modules, before
+        # Also without modules: a call that builds or loads a model registers its tensors.
+        before = _look_before(modules) if modules and not call & (call - 1) else None
+        return call, _landed.seq, modules or [], before
 
-    def watch_end(self, watch: Watch | None) -> None:
+    def watch_end(self, watch: Watch | None, result: Any = None) -> None:
         """At a call's end (when it returned): report the new inference tensors it left
-        in its modules (``_leaks.look_after``), if it registered any or was looked at."""
+        in its modules, in modules it built or in those it returned in ``result``
+        (``_leaks.look_after``), if it registered any or was looked at."""
         if watch is None:
             return
         call, mark, modules, before = watch
         if before is not None or _landed.seq != mark:
             warn = not self.leak_warned
-            if _leaks.look_after(modules, self.name, call, mark, before, warn):
+            if _leaks.look_after(modules, self.name, call, mark, before, warn, result):
                 self.leak_warned = True
 
     def deliver(self, result: Any, call: int) -> Any:
@@ -279,7 +279,7 @@ class Target:
         """Finish a call made of steps: look at its modules, emit its event."""
         try:
             if error is None:
-                self.watch_end(watch)
+                self.watch_end(watch, result)
         finally:
             if measure is not None:
                 self.recorder.end(measure, self, error, result)

@@ -396,3 +396,42 @@ def test_infer_switches_a_bert_argument_to_eval_for_the_call() -> None:
     (event,) = events
     valid(event)
     assert event["kind"] == "function" and event["eval_switched"] == len(training_flags(model))
+
+
+# --- distillation idioms the leak sentinel must follow --------------------------------------
+
+
+def test_detached_teacher_logits_given_by_keyword_name_the_teacher_in_torchs_error() -> None:
+    teacher = gradguard.guard(tiny_gpt2(seed=0), name="teacher")
+    student = tiny_gpt2(seed=1)
+    soft = teacher(**batch()).logits.detach()  # the ModelOutput is dropped at once
+    criterion = nn.MSELoss()
+    with (
+        pytest.warns(gradguard.LeakWarning, match=r"made by teacher \(call 1\) enters the MSEL"),
+        pytest.raises(RuntimeError, match="Inference tensors cannot be saved") as caught,
+    ):
+        criterion(input=student(**batch()).logits, target=soft)
+    assert "made by teacher (call 1)" in "\n".join(getattr(caught.value, "__notes__", []))
+
+
+def test_kl_div_on_a_teachers_log_probs_with_log_target_trains_without_a_warning() -> None:
+    teacher_model = tiny_gpt2(seed=0)
+    student = tiny_gpt2(seed=1)
+
+    @gradguard.infer(name="teacher_log_probs")
+    def teacher_log_probs(inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return F.log_softmax(teacher_model(**inputs).logits, dim=-1)
+
+    optimizer = torch.optim.AdamW(student.parameters(), lr=1e-2)
+    criterion = nn.KLDivLoss(reduction="batchmean", log_target=True)
+    start = student.lm_head.weight.detach().clone()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", gradguard.LeakWarning)
+        for _ in range(2):
+            target = teacher_log_probs(batch())
+            assert target.is_inference()
+            loss = criterion(F.log_softmax(student(**batch()).logits, dim=-1), target)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    assert not torch.equal(student.lm_head.weight, start)
