@@ -341,4 +341,7 @@ def main(argv: list[str] | None = None) -> int:
         code = _run_audit(args)
     except SystemExit as exc:  # --help (0), usage errors (2), the demo's own exits
         return _exit_status(exc)
+    except KeyboardInterrupt:  # Ctrl-C over a long audit: a line, not a traceback
+        _say(f"{_PROG}: interrupted")
+        return 130
     return code

@@ -533,8 +533,8 @@ def _run(
             model.eval()(x)
     except Exception as error:
         msg = (
-            f"the model cannot run on this input ({_first_line(error)}); "
-            "check --input-shape and --input-dtype"
+            f"the model cannot run on this input under torch.no_grad() ({_first_line(error)}); "
+            "check --input-shape and --input-dtype, and that its forward needs no gradients"
         )
         raise UsageError(msg) from None
     model.train()  # as a freshly built model is: the guarded variant has to switch it
@@ -579,7 +579,17 @@ def _run(
             Variant("torch.inference_mode()", inference, model.eval),
             Variant("gradguard.guard(model)", lambda: guarded(x), model.train),
         ]
-        memory = [_memory(v, sync) for v in variants]
+        memory = []
+        for variant in variants:
+            try:
+                memory.append(_memory(variant, sync))
+            except Exception as error:  # e.g. a model that needs autograd in its forward
+                msg = (
+                    f"the model fails under {variant.label} ({_first_line(error)}); the demo "
+                    "compares the four ways of running it, so it needs a model that runs "
+                    "under each"
+                )
+                raise UsageError(msg) from None
         model.train()
         guarded_memory(x)  # exact accounting, logged with mem_kind="tensors"
         times = time_rounds(

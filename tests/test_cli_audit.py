@@ -488,3 +488,17 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(["--version"], capsys)
     assert code == 0
     assert out.strip() == f"gradguard {gradguard.__version__}"
+
+
+def test_an_interrupt_is_one_line_and_status_130(
+    log: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import gradguard._cli as cli
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "summarize", interrupted)
+    code, _, err = run(["audit", str(log)], capsys)
+    assert code == 130
+    assert err == "gradguard: interrupted\n"

@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import torch
 from torch import nn
 
 from gradguard._demo import MIN_ROUNDS, judge, main, spread, time_rounds, verdict
@@ -24,6 +25,23 @@ TINY = ["--in-features", "8", "--hidden", "64", "--out-features", "4", "--batch"
 def tiny_model() -> nn.Module:
     """A factory for --model."""
     return nn.Sequential(nn.Linear(6, 32), nn.ReLU(), nn.Dropout(0.5), nn.Linear(32, 2))
+
+
+class NeedsGrad(nn.Module):
+    """A model whose forward takes a gradient: it cannot run under no_grad."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(6, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.linear(x).sum()
+        (grad,) = torch.autograd.grad(y, x)
+        return grad
+
+
+def needs_grad() -> nn.Module:
+    return NeedsGrad()
 
 
 def rows(out: str) -> dict[str, list[str]]:
@@ -137,6 +155,10 @@ def test_demo_on_the_users_own_model(capsys: pytest.CaptureFixture[str]) -> None
         ),
         (
             ["--model", f"{__name__}:tiny_model", "--input-shape", "2,7"],
+            "the model cannot run on this input",
+        ),
+        (
+            ["--model", f"{__name__}:needs_grad", "--input-shape", "2,6"],
             "the model cannot run on this input",
         ),
         (["--log-file", "."], "is a directory"),

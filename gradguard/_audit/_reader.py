@@ -19,7 +19,6 @@ import gzip
 import json
 import math
 import os
-import re
 import sys
 import time
 import zlib
@@ -34,11 +33,9 @@ __all__ = [
     "MAX_LINE_BYTES",
     "OVERSIZED_LINE",
     "InputError",
-    "NumberOutOfRange",
     "Progress",
     "backends",
     "expand_inputs",
-    "has_suspect_number",
     "iter_line_batches",
     "loads",
     "strict_loads",
@@ -59,20 +56,10 @@ _GLOB_CHARS = frozenset("*?[")
 
 
 INT_MIN, INT_MAX = -(1 << 63), (1 << 64) - 1
-"""The integers every backend keeps exactly (int64 and uint64 together)."""
+"""The integers every backend keeps exactly (int64 and uint64 together); the audit skips
+an event whose ``rank``, ``mem_peak_bytes`` or ``training_modules`` lies outside."""
 
-# A number that may break the rule below: 20 or more digits in a row (19 after a minus
-# sign), or an exponent of three digits or more. Only such a line needs the strict
-# decoder; digits inside a string match too, which costs a slower decode, not a wrong one.
-_SUSPECT_NUMBER = re.compile(rb"\d{20}|-\d{19}|[eE][+-]?\d{3}")
-
-
-class NumberOutOfRange(Exception):
-    """A line is JSON but holds an integer beyond 64 bits or a number beyond a double.
-
-    Deliberately not a ``ValueError``: such a line is skipped as ``invalid``, not as
-    ``not_json``.
-    """
+_HUGE_DIGITS = 4000  # below Python's limit on converting digits to an int (4,300)
 
 
 def _reject_constant(name: str) -> Any:
@@ -81,62 +68,41 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(msg)
 
 
-def _int64(text: str) -> int:
-    # Checked on the text first: Python refuses to convert more than 4,300 digits.
-    if len(text) > 21:
-        raise NumberOutOfRange(text[:20] + "...")
-    value = int(text)
-    if not INT_MIN <= value <= INT_MAX:
-        raise NumberOutOfRange(text)
-    return value
+def _int_or_infinity(text: str) -> int | float:
+    # An integer too long for int() stands in as an infinity: a field the audit reads
+    # then fails its type check, and one it does not read does not matter.
+    if len(text) < _HUGE_DIGITS:
+        return int(text)
+    return -math.inf if text.startswith("-") else math.inf
 
 
-def _double(text: str) -> float:
-    value = float(text)
-    if value in (math.inf, -math.inf):
-        raise NumberOutOfRange(text[:20])
-    return value
-
-
+_plain_decode = json.JSONDecoder(parse_constant=_reject_constant).decode
 _strict_decode = json.JSONDecoder(
-    parse_constant=_reject_constant, parse_int=_int64, parse_float=_double
+    parse_constant=_reject_constant, parse_int=_int_or_infinity
 ).decode
 
 
 def strict_loads(line: bytes) -> Any:
-    """Decode ``line`` by gradguard's rule for every backend, with the standard library.
+    """Decode ``line`` by gradguard's rule, with the standard library.
 
-    The rule: strict JSON (no NaN, Infinity or -Infinity), every integer within 64 bits
-    (``INT_MIN`` to ``INT_MAX``) and every number within a double's range.
+    The rule, the same whatever backend is installed: strict JSON (no NaN, Infinity or
+    -Infinity anywhere); every number is read, however large: an integer of any length,
+    a number beyond a double's range as an infinity. The collector then skips an event
+    whose fields it reads are out of range (an integer beyond 64 bits, an infinite
+    time); a number in a field it does not read never decides anything.
 
     Raises:
         ValueError: the line is not JSON (it is skipped as ``not_json``).
-        NumberOutOfRange: it is JSON that breaks the rule (skipped as ``invalid``).
     """
     return _strict_decode(line.decode("utf-8"))
-
-
-def _checked(decode: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
-    """``decode``, except that a line with a suspect number goes to :func:`strict_loads`."""
-    suspect = _SUSPECT_NUMBER.search
-
-    def loads(line: bytes) -> Any:
-        if suspect(line):
-            return strict_loads(line)
-        return decode(line)
-
-    return loads
-
-
-def has_suspect_number(data: bytes) -> bool:
-    """Whether ``data`` (one line or a whole block) may hold a number :func:`loads` rejects."""
-    return _SUSPECT_NUMBER.search(data) is not None
 
 
 def backends() -> dict[str, Callable[[bytes], Any]]:
     """Every installed line decoder by name, each following :func:`strict_loads`' rule.
 
-    The collector uses the first; the tests compare them all.
+    The first is the collector's; the tests compare them all. Each takes the fast
+    decoder's result, and asks :func:`strict_loads` only about a line the fast one
+    refuses (a number it cannot hold, as well as a line that is not JSON).
     """
     found: dict[str, Callable[[bytes], Any]] = {}
     try:
@@ -144,13 +110,24 @@ def backends() -> dict[str, Callable[[bytes], Any]]:
     except ImportError:
         pass
     else:
-        found["orjson"] = _checked(orjson.loads)
-    plain = json.JSONDecoder(parse_constant=_reject_constant).decode
+        orjson_loads = orjson.loads
 
-    def stdlib(line: bytes) -> Any:
-        return plain(line.decode("utf-8"))
+        def with_orjson(line: bytes) -> Any:
+            try:
+                return orjson_loads(line)
+            except ValueError:  # orjson.JSONDecodeError, 1e999 and 5,000 digits too
+                return strict_loads(line)
 
-    found["json"] = _checked(stdlib)
+        found["orjson"] = with_orjson
+
+    def with_json(line: bytes) -> Any:
+        text = line.decode("utf-8")
+        try:
+            return _plain_decode(text)
+        except ValueError:  # not JSON, or more digits than int() converts
+            return _strict_decode(text)
+
+    found["json"] = with_json
     return found
 
 
@@ -159,25 +136,11 @@ def _make_loads() -> tuple[Callable[[bytes], Any], str]:
     return decode, name
 
 
-def _make_fast_loads() -> Callable[[bytes], Any]:
-    try:
-        import orjson
-    except ImportError:
-        plain = json.JSONDecoder(parse_constant=_reject_constant).decode
-        return lambda line: plain(line.decode("utf-8"))
-    return orjson.loads
-
-
-fast_loads = _make_fast_loads()
-""":data:`loads` without the number check: only for lines :func:`has_suspect_number` cleared."""
-
 loads, JSON_BACKEND = _make_loads()
 """Decode one JSON document from bytes; ``JSON_BACKEND`` is "orjson" or "json".
 
-Both follow one rule (see :func:`strict_loads`): they raise ``ValueError`` (or
-``RecursionError`` for absurd nesting with json) on anything that is not JSON, and
-:class:`NumberOutOfRange` on JSON with an integer beyond 64 bits or a number beyond
-a double's range.
+Both follow one rule (see :func:`strict_loads`) and raise ``ValueError`` (or
+``RecursionError`` for absurd nesting with json) on anything that is not JSON.
 """
 
 

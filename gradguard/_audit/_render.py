@@ -366,8 +366,9 @@ def _control(match: re.Match[str]) -> str:
 
 
 # C0 and C1 controls, DEL, and the Unicode line and paragraph separators: each would
-# move the cursor, ring a bell, recolour the terminal or start a new table row.
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# move the cursor, ring a bell, recolour the terminal or start a new table row. Lone
+# surrogates ("\\ud800" in a log is valid JSON) could not even be written out as UTF-8.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 
 
 def clean(text: str) -> str:

@@ -74,7 +74,8 @@ _OPTIONAL_DEFAULTS: dict[str, Any] = {
     "training_modules": 0,
 }
 _ISO_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,9})?(?:Z|\+00:00)")
-# Every backend skips a line with an integer beyond these (see _reader.strict_loads).
+# The integers every backend reads exactly: a rank, a memory figure or a module count
+# beyond them makes an event invalid, whichever backend decoded it.
 _INT_MIN, _INT_MAX = _reader.INT_MIN, _reader.INT_MAX
 _FLUSH_EVERY = 1 << 16  # lines between folds of all buffers: at most 1.5 MB of doubles
 
@@ -286,12 +287,7 @@ class Collector:
             if records is not None:
                 self._feed_typed(records, lines)
                 return
-        if loads is None:
-            # One scan of a block read whole clears all its lines of numbers that break
-            # the rule; otherwise each line is checked as it is decoded.
-            whole = isinstance(lines, _reader.Lines) and not _reader.has_suspect_number(lines.data)
-            loads = _reader.fast_loads if whole else _reader.loads
-        out_of_range = _reader.NumberOutOfRange
+        loads = _reader.loads if loads is None else loads
         groups = self._groups
         new_group = self._group
         pick = self._pick
@@ -299,6 +295,7 @@ class Collector:
         key_types = _KEY_TYPES[self.by]
         number, opt_number, opt_int, opt_str = _NUMBER, _OPT_NUMBER, _OPT_INT, _OPT_STR
         top = MAX_INDEXABLE
+        int_min, int_max = _INT_MIN, _INT_MAX
         timestamps = self._timestamps
         add_timestamp = timestamps.append
         not_json = invalid = 0
@@ -317,9 +314,6 @@ class Collector:
                 (event, schema, target, wall, status, mode, fallback, gpu, mem, device, rank,
                  ts, grad, training, key) = fields
                 # fmt: on
-            except out_of_range:
-                invalid += 1
-                continue
             except (ValueError, TypeError, RecursionError):
                 # TypeError: valid JSON that is not an object ([], "x", 1, null).
                 if line.strip():
@@ -339,14 +333,15 @@ class Collector:
                 or (fallback is not False and fallback is not True)
                 or (grad is not False and grad is not True)
                 or type(training) is not int
-                or training < 0
+                or not 0 <= training <= int_max
                 or type(gpu) not in opt_number
                 or type(mem) not in opt_int
                 or type(device) not in opt_str
                 or type(rank) not in opt_int
                 or type(ts) not in opt_str
                 or (gpu is not None and not 0.0 <= gpu <= top)
-                or (mem is not None and not 0 <= mem <= top)
+                or (mem is not None and not 0 <= mem <= int_max)
+                or (rank is not None and not int_min <= rank <= int_max)
             ):
                 invalid += 1
                 continue
@@ -483,6 +478,7 @@ class Collector:
         if (
             type(rec.get("target")) is not str
             or type(key) not in _KEY_TYPES[self.by]
+            or (type(key) is int and not _INT_MIN <= key <= _INT_MAX)
             or type(ts) not in _OPT_STR
         ):
             self._invalid += 1
