@@ -26,8 +26,9 @@ never keeps inference tensors pays nothing.
 from __future__ import annotations
 
 from . import _boundary as _boundary  # binds the hooks to the sentinel
+from ._blocks import watch_leaks
 from ._check import Finding, Findings, check_module
-from ._levels import level, watch_leaks, watching
+from ._levels import level, watching
 from ._looks import look_after, look_before, looks
 from ._registrations import landed, watch_registrations
 from ._registry import Origin, origin_of, remember, sentinel
