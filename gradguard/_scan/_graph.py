@@ -1,0 +1,158 @@
+"""Graph accounting: what a forward saved for backward, and whether a backward used it.
+
+While the outermost module call of a thread records a graph, torch's saved-tensor hooks
+hand every tensor autograd saves to ``Graph.pack``. Its bytes are counted once per
+storage, leaving out the call's inputs and the module's parameters and buffers (they
+live on without the graph). The packed object stands in for the tensor in the graph:
+
+- ``unpack`` runs when a backward (``.backward()``, ``torch.autograd.grad``, from any
+  output or intermediate activation) needs a saved tensor: the graph was used;
+- the packed object is freed with the graph node that holds it; when the last one goes
+  and none was unpacked, the graph was freed unused, and the observation is posted.
+
+The packed object holds ``tensor.detach()``, not the tensor: a tensor saved as the output
+of its own node refers to that node through ``grad_fn``, and the node to the packed
+object, a cycle through C++ the collector cannot see, which would never be freed. With
+saved-tensor hooks torch no longer checks that a saved tensor was not modified in place
+before the backward, so ``unpack`` does that check itself (the detached tensor shares the
+version counter) and raises torch's error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from ._findings import Observation, Session
+
+__all__ = ["Graph", "Packed"]
+
+_Tensor = torch.Tensor
+
+
+class Graph:
+    """The graph one outermost module call recorded, and what it keeps alive."""
+
+    __slots__ = (
+        "_state", "bytes", "counted", "inputs", "labels", "live", "module", "open", "owner",
+        "seen", "sessions", "used", "where",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        module: torch.nn.Module,
+        inputs: set[int],
+        sessions: tuple[Session, ...],
+    ) -> None:
+        self.module = ""  # the class's qualified name, filled in when it is needed
+        self.owner: torch.nn.Module | None = module  # dropped when the call ends
+        self.inputs = inputs  # storages of the call's input tensors
+        self.sessions = sessions
+        self.labels = tuple(s.label for s in sessions)  # the tests running the forward
+        self.bytes = 0
+        self.live = 0  # packed objects alive
+        self.seen: set[int] = set()
+        self.used = False
+        self.open = True  # the call is still running
+        self.counted = False  # counted in the sessions' ``pending``
+        self.where = ""
+        self._state: set[int] | None = None  # storages of the module's parameters, buffers
+
+    def pack(self, tensor: _Tensor) -> Packed:
+        storage = tensor.untyped_storage()
+        key = storage.data_ptr()
+        if key not in self.seen:
+            self.seen.add(key)
+            if key not in self.inputs and not self._is_state(tensor, key):
+                self.bytes += storage.nbytes()
+        self.live += 1
+        return Packed(tensor.detach(), tensor._version, self)
+
+    def _is_state(self, tensor: _Tensor, key: int) -> bool:
+        # A tensor made by the forward and recorded is never a leaf; parameters are
+        # leaves (or views of one, like Linear's weight.t()), and so are buffers.
+        base = tensor._base if tensor._base is not None else tensor
+        if not base.is_leaf:
+            return False
+        if base.requires_grad:
+            return True  # a parameter, or an input leaf that requires grad
+        state = self._state
+        if state is None:
+            owner = self.owner
+            state = self._state = set()
+            if owner is not None:
+                for t in (*owner.parameters(), *owner.buffers()):
+                    state.add(t.untyped_storage().data_ptr())
+        return key in state
+
+    def close(self, where: Callable[[], str], module: str) -> None:
+        """The call ended: name it, and report now if its graph is already gone unused."""
+        self.open = False
+        self.owner = None
+        self._state = None
+        if self.used or not self.seen:
+            return  # used already, or nothing saved: no graph to speak of
+        self.where = where()
+        self.module = module
+        if self.live == 0:
+            self._post()
+            return
+        self.counted = True
+        for s in self.sessions:
+            s.pending += 1
+
+    def mark_used(self) -> None:
+        self.used = True
+        if self.counted:
+            self.counted = False
+            for s in self.sessions:
+                s.pending -= 1
+
+    def release(self) -> None:
+        """A packed object was freed (from a finalizer: no locks, no hooks changed)."""
+        self.live -= 1
+        if self.live == 0 and not self.open and self.counted:
+            self.counted = False
+            for s in self.sessions:
+                s.pending -= 1
+            if not self.used:
+                self._post()
+
+    def _post(self) -> None:
+        for session, label in zip(self.sessions, self.labels, strict=True):
+            session.post(
+                Observation("graph_unused", self.where, self.module, self.bytes, "", label)
+            )
+
+
+class Packed:
+    """What the graph holds in place of a saved tensor."""
+
+    __slots__ = ("graph", "tensor", "version")
+
+    def __init__(self, tensor: _Tensor, version: int, graph: Graph) -> None:
+        self.tensor = tensor
+        self.version = version
+        self.graph = graph
+
+    def __del__(self) -> None:
+        self.graph.release()
+
+
+def unpack(packed: Any) -> _Tensor:
+    """A backward needs the tensor: the graph is used. Checks what torch checks."""
+    graph = packed.graph
+    if not graph.used:
+        graph.mark_used()
+    tensor: _Tensor = packed.tensor
+    if tensor._version != packed.version:
+        msg = (
+            "one of the variables needed for gradient computation has been modified by an "
+            f"inplace operation: [{tensor.type()} {list(tensor.shape)}] is at version "
+            f"{tensor._version}; expected version {packed.version} instead. (Reported by "
+            "gradguard.scan, whose saved-tensor hooks stand in for torch's own check.)"
+        )
+        raise RuntimeError(msg)
+    return tensor
