@@ -102,7 +102,9 @@ def _shown(filename: str) -> str:
 
 
 def qualname(module: nn.Module) -> str:
-    cls = type(module)
+    """The class's qualified name; for ``torch.compile(model)``, the model's."""
+    inner = getattr(module, "_orig_mod", None)  # torch._dynamo's OptimizedModule
+    cls = type(inner if isinstance(inner, nn.Module) else module)
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
