@@ -24,6 +24,7 @@ The JSON output is a stable contract for scripts and CI. Its shape, with
       "calls": int, "errors": int,
       "modes": {"inference": int, "no_grad": int},
       "fallbacks": int, "grad_calls": int, "leaks": int,
+      "waste": int,                              # gradguard.waste events (gradguard scan)
       "wall_ms": STATS | null,                   # null when the group had no call
       "gpu_ms": STATS | null,                    # null when no call reported gpu_ms
       "mem_peak_bytes": STATS | null,            # integers; null when never reported
@@ -156,6 +157,7 @@ def _group(g: GroupSummary) -> dict[str, Any]:
         "fallbacks": g.fallbacks,
         "grad_calls": g.grad_calls,
         "leaks": g.leaks,
+        "waste": g.waste,
         "wall_ms": _stats(g.wall_ms),
         "gpu_ms": _stats(g.gpu_ms),
         "mem_peak_bytes": _stats(g.mem_peak_bytes, integer=True),
@@ -279,7 +281,7 @@ def _pct(change: float | None) -> str:
 
 
 _COLUMNS = (
-    "calls", "errors", "inference", "no_grad", "fallbacks", "grad", "leaks",
+    "calls", "errors", "inference", "no_grad", "fallbacks", "grad", "leaks", "waste",
     "wall p50", "wall p95", "wall p99", "wall max", "gpu p50", "gpu p95", "gpu max",
     "mem p95", "mem max", "devices", "ranks",
 )  # fmt: skip
@@ -300,6 +302,7 @@ def _row(name: str, g: GroupSummary) -> list[str]:
         _count(g.fallbacks),
         _count(g.grad_calls),
         _count(g.leaks),
+        _count(g.waste),
         _ms(_get(w, "p50")),
         _ms(_get(w, "p95")),
         _ms(_get(w, "p99")),

@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Literal, NamedTuple, overload
+from typing import Any, Literal, NamedTuple, overload
 
 __all__ = [
     "DELIBERATE",
@@ -175,10 +175,22 @@ class Session:
 
     def __init__(self) -> None:
         self.label: str | None = None
-        self.pending = 0  # graphs recorded and still alive, unused (changed by the graph)
+        # Graphs recorded, alive and unused, by id: added and taken out by the graphs
+        # themselves (single dict operations, atomic: safe from finalizers).
+        self.alive: dict[int, Any] = {}
         self._queue: deque[Observation] = deque()
         self._totals: dict[tuple[Kind, str, str, str | None], _Total] = {}
         self._lock = threading.Lock()  # taken only by readers, never by a finalizer
+
+    @property
+    def pending(self) -> int:
+        """Graphs recorded, still alive, and not used by a backward yet."""
+        return len(self.alive)
+
+    def conclude(self) -> None:
+        """The program is over: the graphs still alive were never used by a backward."""
+        for graph in list(self.alive.values()):
+            graph.conclude()
 
     def post(self, observation: Observation) -> None:
         """Hand over an observation; safe from finalizers and any thread (takes no lock)."""

@@ -101,24 +101,28 @@ class Graph:
             return
         self.counted = True
         for s in self.sessions:
-            s.pending += 1
+            s.alive[id(self)] = self
 
     def mark_used(self) -> None:
         self.used = True
         if self.counted:
             self.counted = False
             for s in self.sessions:
-                s.pending -= 1
+                s.alive.pop(id(self), None)
 
     def release(self) -> None:
         """A packed object was freed (from a finalizer: no locks, no hooks changed)."""
         self.live -= 1
         if self.live == 0 and not self.open and self.counted:
-            self.counted = False
-            for s in self.sessions:
-                s.pending -= 1
-            if not self.used:
-                self._post()
+            self.conclude()
+
+    def conclude(self) -> None:
+        """Freed, or alive when the program ends: either way no backward used it."""
+        self.counted = False
+        for s in self.sessions:
+            s.alive.pop(id(self), None)
+        if not self.used:
+            self._post()
 
     def _post(self) -> None:
         for session, label in zip(self.sessions, self.labels, strict=True):
