@@ -10,9 +10,11 @@ live on without the graph). The packed object stands in for the tensor in the gr
 - the packed object is freed with the graph node that holds it; when the last one goes
   and none was unpacked, the graph was freed unused, and the observation is posted.
 
-The packed object holds ``tensor.detach()``, not the tensor: a tensor saved as the output
-of its own node refers to that node through ``grad_fn``, and the node to the packed
-object, a cycle through C++ the collector cannot see, which would never be freed. With
+The packed object holds ``tensor.detach()``, not the tensor, for tensors made by recorded
+ops: a tensor saved as the output of its own node refers to that node through
+``grad_fn``, and the node to the packed object, a cycle through C++ the collector cannot
+see, which would never be freed. Leaves (parameters, inputs) have no ``grad_fn`` and are
+kept as they are. With
 saved-tensor hooks torch no longer checks that a saved tensor was not modified in place
 before the backward, so ``unpack`` does that check itself (the detached tensor shares the
 version counter) and raises torch's error.
@@ -68,7 +70,9 @@ class Graph:
             if key not in self.inputs and not self._is_state(tensor, key):
                 self.bytes += storage.nbytes()
         self.live += 1
-        return Packed(tensor.detach(), tensor._version, self)
+        # Only a tensor made by a recorded op can refer back to the node saving it.
+        kept = tensor if tensor.is_leaf else tensor.detach()
+        return Packed(kept, tensor._version, self)
 
     def _is_state(self, tensor: _Tensor, key: int) -> bool:
         # A tensor made by the forward and recorded is never a leaf; parameters are
