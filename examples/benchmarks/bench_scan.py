@@ -11,11 +11,15 @@ torch one, measured in interleaved rounds:
 - a training step (forward and backward) of the same Sequential, whose graph saves 32
   tensors: the cost per saved tensor, once the module calls' share is taken out.
 
-Nothing is installed while no scan is open: the bare figures are torch's own path.
+Nothing is installed while no scan is open: the bare figures are torch's own path. Times
+are the thread's CPU time (``time.thread_time``, torch on one thread), which other
+processes of a shared machine do not inflate.
 """
 
 from __future__ import annotations
 
+import time
+import timeit
 from typing import Any
 
 import torch
@@ -29,12 +33,10 @@ LAYERS = 16
 
 def interleaved(fns: dict[str, Any], number: int, repeat: int) -> dict[str, float]:
     """Best µs per call of each function, bare and scanned, alternating every round."""
-    import timeit
-
     best: dict[str, float] = {}
     for _ in range(repeat):
         for name, fn in fns.items():
-            timer = timeit.Timer(fn)
+            timer = timeit.Timer(fn, timer=time.thread_time)
             bare = timer.timeit(number) / number * 1e6
             with gradguard.scan():
                 scanned = timer.timeit(number) / number * 1e6

@@ -39,7 +39,7 @@ class Graph:
 
     __slots__ = (
         "_state", "bytes", "counted", "inputs", "labels", "live", "module", "open", "owner",
-        "seen", "sessions", "used", "where",
+        "packed", "seen", "sessions", "used", "where",
     )  # fmt: skip
 
     def __init__(
@@ -59,29 +59,40 @@ class Graph:
         self.used = False
         self.open = True  # the call is still running
         self.counted = False  # counted in the sessions' ``pending``
+        self.packed = False  # anything saved at all
         self.where = ""
         self._state: set[int] | None = None  # storages of the module's parameters, buffers
 
     def pack(self, tensor: _Tensor) -> Packed:
+        self.live += 1
+        self.packed = True
+        if tensor.is_leaf:
+            if not tensor.requires_grad:
+                self._count(tensor, leaf=True)
+            # else a parameter, or an input that requires grad: it lives on anyway
+            return Packed(tensor, tensor._version, self)
+        base = tensor._base
+        if base is None or not base.is_leaf:
+            self._count(tensor, leaf=False)
+        elif not base.requires_grad:  # a view of a leaf: counted unless module state
+            self._count(tensor, leaf=True)
+        # else a view of a parameter (Linear's weight.t()): not counted
+        # Made by a recorded op, it may refer back to the node saving it: detached.
+        return Packed(tensor.detach(), tensor._version, self)
+
+    def _count(self, tensor: _Tensor, *, leaf: bool) -> None:
+        """Count the tensor's storage once, unless an input (or, for a leaf, the module's
+        state: a tensor made by the forward and recorded is never a leaf)."""
         storage = tensor.untyped_storage()
         key = storage.data_ptr()
-        if key not in self.seen:
-            self.seen.add(key)
-            if key not in self.inputs and not self._is_state(tensor, key):
-                self.bytes += storage.nbytes()
-        self.live += 1
-        # Only a tensor made by a recorded op can refer back to the node saving it.
-        kept = tensor if tensor.is_leaf else tensor.detach()
-        return Packed(kept, tensor._version, self)
+        if key in self.seen:
+            return
+        self.seen.add(key)
+        if key not in self.inputs and not (leaf and self._is_state(key)):
+            self.bytes += storage.nbytes()
 
-    def _is_state(self, tensor: _Tensor, key: int) -> bool:
-        # A tensor made by the forward and recorded is never a leaf; parameters are
-        # leaves (or views of one, like Linear's weight.t()), and so are buffers.
-        base = tensor._base if tensor._base is not None else tensor
-        if not base.is_leaf:
-            return False
-        if base.requires_grad:
-            return True  # a parameter, or an input leaf that requires grad
+    def _is_state(self, key: int) -> bool:
+        """Whether the storage ``key`` is one of the module's parameters or buffers."""
         state = self._state
         if state is None:
             owner = self.owner
@@ -96,7 +107,7 @@ class Graph:
         self.open = False
         self.owner = None
         self._state = None
-        if self.used or not self.seen:
+        if self.used or not self.packed:
             return  # used already, or nothing saved: no graph to speak of
         self.where = where()
         self.module = module
