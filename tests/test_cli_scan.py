@@ -111,6 +111,7 @@ def test_a_failing_program_exits_with_its_own_status_and_findings_are_reported(
     if flag == "--crash":
         assert "ValueError: the program's own error" in result.stderr
         assert "_runner.py" not in result.stderr  # the traceback is the program's
+        assert "runpy" not in result.stderr
 
 
 def test_dash_m_runs_a_module_with_its_arguments(tmp_path: Path) -> None:

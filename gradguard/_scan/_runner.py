@@ -30,6 +30,8 @@ __all__ = ["main", "parse_fail_on"]
 
 _PROG = "gradguard scan"
 _OPTIONS_WITH_VALUES = ("--format", "--fail-on", "--log-file")
+# Frames a traceback of the program leaves out, as python's own would not show them.
+_OWN_FRAMES = frozenset({__file__, runpy.__file__, "<frozen runpy>"})
 
 _EPILOG = f"""\
 kinds (for --fail-on, comma-separated; exit 1 when any is found):
@@ -164,7 +166,7 @@ def _run(command: _Command) -> int:
     except BaseException:
         # As python prints it, without the frames of gradguard's runner.
         kind, value, tb = sys.exc_info()
-        while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+        while tb is not None and tb.tb_frame.f_code.co_filename in _OWN_FRAMES:
             tb = tb.tb_next
         traceback.print_exception(kind, value, tb)
         del kind, value, tb  # the frames hold the program's tensors
@@ -200,14 +202,10 @@ def main(argv: Sequence[str]) -> int:
     except SystemExit as exc:  # --help (0), usage errors (2)
         return exc.code if isinstance(exc.code, int) else 2
     status, findings = scan_program(command)
+    from gradguard._cli import _write  # the command line's writer, quiet on a closed pipe
+
     sys.stdout.flush()
-    report = render(command.options.format, findings)
-    try:
-        sys.stdout.write(report)
-        sys.stdout.flush()
-    except BrokenPipeError:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+    _write(render(command.options.format, findings))
     if command.options.log_file is not None:
         try:
             write_events(command.options.log_file, findings)
