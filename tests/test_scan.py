@@ -424,6 +424,29 @@ def test_an_error_in_a_forward_leaves_no_state_and_the_next_call_is_seen() -> No
     assert not failing._forward_hooks and not failing._forward_hooks_always_called
 
 
+def test_an_error_in_another_threads_forward_leaves_no_hook_once_the_scan_ends() -> None:
+    class Fails(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            raise ValueError("bad input")
+
+    failing = Fails()
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            failing(torch.ones(2))
+        except ValueError as exc:
+            errors.append(exc)
+
+    with gradguard.scan():
+        thread = threading.Thread(target=work)
+        thread.start()
+        thread.join()
+        assert failing._forward_hooks  # left while torch ran its hooks after the error
+    assert len(errors) == 1
+    assert not failing._forward_hooks and not failing._forward_hooks_always_called
+
+
 def test_an_inplace_change_to_a_saved_tensor_still_fails_the_backward() -> None:
     model = nn.Sequential(nn.Linear(4, 4), nn.Sigmoid())
     with gradguard.scan():

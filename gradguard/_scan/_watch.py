@@ -20,6 +20,7 @@ code, a look at ``module.training``.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import itertools
 import os
@@ -136,12 +137,13 @@ def _category(cls: type) -> str | None:
 class _Thread(threading.local):
     def __init__(self) -> None:
         self.call: Call | None = None
-        # Forward hooks left on modules whose forward raised: torch iterates the module's
-        # hook dict while it runs them after an error, so they are taken out later.
-        self.stale: list[tuple[nn.Module, int]] = []
 
 
 _local = _Thread()
+# Forward hooks left on modules whose forward raised: torch iterates the module's hook
+# dict while it runs them after an error, so they are taken out later, at the next
+# outermost call of the same thread or when the last scan closes. (module, key, thread)
+_stale: list[tuple[nn.Module, int, int]] = []
 
 
 class Call:
@@ -188,7 +190,7 @@ class Call:
             module._forward_hooks.pop(self.key, None)
             module._forward_hooks_always_called.pop(self.key, None)
         else:
-            local.stale.append((module, self.key))
+            _stale.append((module, self.key, threading.get_ident()))
         graph = self.graph
         name = qualname(module)
         if graph is not None:
@@ -225,8 +227,8 @@ def _enter(module: nn.Module, args: tuple[Any, ...]) -> None:
     if not sessions or isinstance(module, _ScriptModule):
         return
     local = _local
-    if local.stale:
-        _clean(local)
+    if _stale:
+        _clean(threading.get_ident())
     call = Call(module, sessions, next(_keys))
     module._forward_hooks[call.key] = call.end
     module._forward_hooks_always_called[call.key] = True
@@ -264,11 +266,15 @@ def _storages(args: tuple[Any, ...]) -> set[int]:
 _CALL_IMPL = nn.Module._call_impl.__code__
 
 
-def _clean(local: _Thread) -> None:
-    stale, local.stale = local.stale, []
-    for module, key in stale:
-        module._forward_hooks.pop(key, None)
-        module._forward_hooks_always_called.pop(key, None)
+def _clean(thread: int | None) -> None:
+    """Take out the hooks left by ``thread`` (every thread's: None)."""
+    for entry in list(_stale):
+        module, key, ident = entry
+        if thread is None or ident == thread:
+            module._forward_hooks.pop(key, None)
+            module._forward_hooks_always_called.pop(key, None)
+            with contextlib.suppress(ValueError):  # another thread took it out meanwhile
+                _stale.remove(entry)
 
 
 # --- open scans ---------------------------------------------------------------------------
@@ -291,14 +297,16 @@ class _Registry:
             self.sessions = tuple(s for s in self.sessions if s is not session)
             if not self.sessions:
                 forward_pre_hooks.discard("scan")
-        if _local.stale:
-            _clean(_local)
+                _clean(None)
+        if _stale:
+            _clean(threading.get_ident())
 
     def reset(self) -> None:
         """Close every scan (for tests)."""
         with self._lock:
             self.sessions = ()
             forward_pre_hooks.discard("scan")
+            _clean(None)
 
 
 registry = _Registry()
