@@ -28,6 +28,12 @@ def test_the_seed_example_reports_the_articles_bytes_at_a_tenth() -> None:
     assert "in all, with gradients:             2,200,000 bytes (   2.10 MiB)" in out
 
 
+def test_the_unguarded_example_runs_on_its_own() -> None:
+    # Under the scan in tests/test_cli_scan.py; here as a plain program.
+    out = run("examples/unguarded_eval.py")
+    assert "accuracy:" in out and out.count("predicted 1000 labels") == 3
+
+
 def test_the_scan_benchmark_runs_at_a_tiny_size() -> None:
     out = run("examples/benchmarks/bench_scan.py", "--number", "200", "--repeat", "1")
     assert "µs bare" in out and "µs scanned" in out  # each figure beside torch's own
