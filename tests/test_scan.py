@@ -211,6 +211,25 @@ def test_no_finding_for_a_loss_on_an_intermediate_activation() -> None:
     assert not findings
 
 
+def test_no_finding_when_the_backward_reaches_only_an_output_whose_nodes_saved_nothing() -> None:
+    class TwoOutputs(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = nn.Parameter(torch.ones(4))
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            hidden = x * 2 + self.weight  # nothing saved on this path
+            return hidden.sigmoid(), hidden + 1  # sigmoid saves its output
+
+    model = TwoOutputs()
+    with gradguard.scan() as findings:
+        _, plain = model(torch.ones(4))
+        plain.sum().backward()  # reaches the call's nodes, unpacks nothing
+        del _, plain
+    assert model.weight.grad is not None
+    assert not findings, str(findings)
+
+
 def test_no_finding_for_a_saliency_map_with_autograd_grad() -> None:
     model = mlp().eval()
     with gradguard.scan() as findings:

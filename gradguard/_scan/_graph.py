@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from .._outputs import each_tensor
 from ._findings import Observation, Session
 
 __all__ = ["Graph", "Packed"]
@@ -117,6 +118,21 @@ class Graph:
         self.counted = True
         for s in self.sessions:
             s.alive[id(self)] = self
+
+    def watch_outputs(self, result: Any) -> None:
+        """A backward that reaches an output's node uses the graph, even if the nodes it
+        goes through saved nothing (an addition)."""
+        each_tensor(result, self._watch_output)
+
+    def _watch_output(self, tensor: _Tensor) -> bool:
+        node = tensor.grad_fn
+        if node is not None:
+            node.register_prehook(self._reached)
+        return False  # go on to the next tensor
+
+    def _reached(self, grad_outputs: Any) -> None:
+        if not self.used:
+            self.mark_used()
 
     def mark_used(self) -> None:
         self.used = True

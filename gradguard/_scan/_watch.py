@@ -195,6 +195,8 @@ class Call:
         name = qualname(module)
         if graph is not None:
             _pop()
+            if graph.packed and not graph.used and result is not None:
+                graph.watch_outputs(result)
             graph.close(lambda: where(3), name)
         training = self.training
         if training:
