@@ -33,7 +33,7 @@ _OPTIONS_WITH_VALUES = ("--format", "--fail-on", "--log-file")
 # Frames a traceback of the program leaves out, as python's own would not show them.
 _OWN_FRAMES = frozenset({__file__, runpy.__file__, "<frozen runpy>"})
 
-_EPILOG = f"""\
+_EPILOG = """\
 kinds (for --fail-on, comma-separated; exit 1 when any is found):
   graph_unused              a forward recorded a graph no backward ever used
   training_mode             Dropout/BatchNorm in training mode with grad off
@@ -42,8 +42,7 @@ kinds (for --fail-on, comma-separated; exit 1 when any is found):
   all                       every kind but training_mode_deliberate
 
 exit status: 2 usage error; the program's own status when it fails;
-otherwise 1 when a --fail-on kind was found, 0 when not.
-Kinds: {", ".join(KINDS)}. See docs/scan.md.
+otherwise 1 when a --fail-on kind was found, 0 when not. See docs/scan.md.
 """
 
 
@@ -68,8 +67,8 @@ def _parser() -> argparse.ArgumentParser:
         prog=_PROG,
         usage=f"{_PROG} [-h] [--format {{{','.join(FORMATS)}}}] [--fail-on KINDS] "
         "[--log-file FILE] (SCRIPT | -m MODULE) [ARGS ...]",
-        description="Run a Python program under gradguard's scan and report the inference "
-        "code nobody guarded: forwards whose autograd graph no backward used (with the "
+        description="Run a Python program under gradguard's scan and report the inference\n"
+        "code nobody guarded: forwards whose autograd graph no backward used (with the\n"
         "bytes it kept), and evaluation code running Dropout/BatchNorm in training mode.",
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
