@@ -139,10 +139,6 @@ class ScanFindings(Sequence[ScanFinding]):
         """Graphs recorded during the scan that are still alive and not used yet."""
         return self._session.pending
 
-    def by_kind(self, *kinds: str) -> list[ScanFinding]:
-        """The findings of the given kinds."""
-        return [f for f in self._items() if f.kind in kinds]
-
     def __repr__(self) -> str:
         return f"ScanFindings({self._items()!r})"
 
