@@ -13,10 +13,14 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import gradguard
 
-# torch's note that a global hook (the scan's) also fires for the OptimizedModule wrapper.
-pytestmark = pytest.mark.filterwarnings(
-    r"ignore:Using `torch.compile\(module\)` when there are global hooks"
-)
+pytestmark = [
+    # torch's note that a global hook (the scan's) also fires for the compiled wrapper.
+    pytest.mark.filterwarnings(
+        r"ignore:Using `torch.compile\(module\)` when there are global hooks"
+    ),
+    # Lightning's own use of a torch pytree API that torch has deprecated: not ours to fix.
+    pytest.mark.filterwarnings(r"ignore:`isinstance\(treespec, LeafSpec\)`"),
+]
 
 
 def test_no_finding_for_lightning_fit_with_validation() -> None:
