@@ -503,3 +503,15 @@ def test_nested_scans_both_see_the_call() -> None:
             where = line_of(lambda: model(torch.randn(2, 8)))
         assert "scan" in _hooks.forward_pre_hooks.watchers
     assert [f.where for f in inner] == [f.where for f in outer] == [where]
+
+
+def test_a_long_run_merges_its_findings_as_it_goes() -> None:
+    from gradguard._scan._findings import _MERGE_EVERY, Observation, Session
+
+    session = Session()
+    for n in range(_MERGE_EVERY + 10):
+        session.post(Observation("graph_unused", "x.py:1", "M", n, "", None))
+    assert len(session._queue) < _MERGE_EVERY  # merged on the way, not kept one by one
+    (finding,) = session.findings()
+    assert finding.calls == _MERGE_EVERY + 10
+    assert finding.bytes_max == _MERGE_EVERY + 9

@@ -166,6 +166,9 @@ class _Total:
         self.details: dict[str, None] = {}
 
 
+_MERGE_EVERY = 4096  # observations waiting before a post merges them
+
+
 class Session:
     """One scan: its label (the test running, under pytest), its queue, its totals."""
 
@@ -189,35 +192,50 @@ class Session:
             graph.conclude()
 
     def post(self, observation: Observation) -> None:
-        """Hand over an observation; safe from finalizers and any thread (takes no lock)."""
-        self._queue.append(observation)
-
-    def _drain(self) -> None:
+        """Hand over an observation; safe from finalizers and any thread (never waits)."""
         queue = self._queue
-        with self._lock:
-            while queue:
-                o = queue.popleft()
-                key = (o.kind, o.where, o.module, o.label)
-                total = self._totals.get(key)
-                if total is None:
-                    total = self._totals[key] = _Total()
-                total.calls += 1
-                total.bytes_total += o.bytes
-                total.bytes_max = max(total.bytes_max, o.bytes)
-                if o.detail:
-                    total.details[o.detail] = None
+        queue.append(observation)
+        if len(queue) > _MERGE_EVERY:
+            # A long program read only at its end: merge now, so the queue stays small,
+            # unless a reader (maybe this very thread, interrupted) is merging already.
+            self._drain(blocking=False)
+
+    def _drain(self, *, blocking: bool = True) -> None:
+        if not self._lock.acquire(blocking):
+            return
+        try:
+            self._merge()
+        finally:
+            self._lock.release()
+
+    def _merge(self) -> None:
+        """Fold the queue into the totals (with the lock held)."""
+        queue = self._queue
+        while queue:
+            o = queue.popleft()
+            key = (o.kind, o.where, o.module, o.label)
+            total = self._totals.get(key)
+            if total is None:
+                total = self._totals[key] = _Total()
+            total.calls += 1
+            total.bytes_total += o.bytes
+            total.bytes_max = max(total.bytes_max, o.bytes)
+            if o.detail:
+                total.details[o.detail] = None
 
     def findings(self, labels: Iterable[str | None] | None = None) -> list[ScanFinding]:
         """The findings so far, most bytes first (then by place), for ``labels`` if given."""
-        self._drain()
+        with self._lock:
+            self._merge()
+            totals = [(key, t.calls, t.bytes_max, t.bytes_total, ", ".join(t.details))
+                      for key, t in self._totals.items()]  # fmt: skip
         wanted = None if labels is None else set(labels)
         out = []
-        for (kind, where, module, label), t in self._totals.items():
+        for (kind, where, module, label), calls, bytes_max, bytes_total, detail in totals:
             if wanted is not None and label not in wanted:
                 continue
-            detail = ", ".join(t.details)
             out.append(
-                ScanFinding(kind, where, module, t.calls, t.bytes_max, t.bytes_total,
+                ScanFinding(kind, where, module, calls, bytes_max, bytes_total,
                             message(kind, detail), label)
             )  # fmt: skip
         out.sort(key=lambda f: (-f.bytes_total, KINDS.index(f.kind), f.where, f.module))
