@@ -182,3 +182,27 @@ def test_help_lists_the_kinds(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["scan", "--help"]) == 0
     out = capsys.readouterr().out
     assert "training_mode_deliberate" in out and "-m MODULE" in out
+
+
+def test_the_audit_counts_waste_events_the_same_on_every_decoding_path() -> None:
+    from gradguard._audit import Collector
+    from gradguard._scan import ScanFinding
+    from gradguard._scan._report import waste_events
+
+    findings = [
+        ScanFinding("graph_unused", "a.py:3", "m.Net", 2, 10, 20, "fix it"),
+        ScanFinding("training_mode", "a.py:9", "m.Net", 1, 0, 0, "fix it"),
+    ]
+    call = {"event": "gradguard.call", "schema": 1, "target": "m.Net at a.py:3",
+            "wall_ms": 1.0, "status": "ok", "mode": "inference", "fallback": False}  # fmt: skip
+    data = [json.dumps(e).encode() for e in [*waste_events(findings), call]]
+    fast, exact = Collector(), Collector()
+    fast.feed(data)  # msgspec's typed batches when it is installed
+    exact.feed(data, loads=json.loads)
+    for summary in (fast.summary(), exact.summary()):
+        assert summary.skipped == 0
+        assert {g.key: (g.calls, g.waste) for g in summary.groups} == {
+            "m.Net at a.py:3": (1, 1),
+            "m.Net at a.py:9": (0, 1),
+        }
+        assert summary.totals.waste == 2
