@@ -14,10 +14,13 @@ The packed object holds ``tensor.detach()``, not the tensor, for tensors made by
 ops: a tensor saved as the output of its own node refers to that node through
 ``grad_fn``, and the node to the packed object, a cycle through C++ the collector cannot
 see, which would never be freed. Leaves (parameters, inputs) have no ``grad_fn`` and are
-kept as they are. With
-saved-tensor hooks torch no longer checks that a saved tensor was not modified in place
-before the backward, so ``unpack`` does that check itself (the detached tensor shares the
-version counter) and raises torch's error.
+kept as they are. With saved-tensor hooks torch no longer checks that a saved tensor was
+not modified in place before the backward, so ``unpack`` does that check itself (the
+detached tensor shares the version counter) and raises torch's error.
+
+A backward may also reach the call's nodes without unpacking anything (a loss on an
+output whose path only adds): a pre-hook on each output's node of a graph not yet used
+sees it arrive.
 """
 
 from __future__ import annotations

@@ -232,6 +232,8 @@ def _enter(module: nn.Module, args: tuple[Any, ...]) -> None:
     if _stale:
         _clean(threading.get_ident())
     call = Call(module, sessions, next(_keys))
+    # What register_forward_hook(call.end, always_call=True) does, without a handle
+    # object per call (outermost calls are many in a serving loop); taken out in ``end``.
     module._forward_hooks[call.key] = call.end
     module._forward_hooks_always_called[call.key] = True
     local.call = call
