@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from ._leaks import Findings, check_module, watch_leaks
     from ._policy import Policy
     from ._proxy import GuardedModule, guard, unguard
+    from ._scan import ScanFinding, ScanFindings, scan
     from ._scope import scope
     from ._target import TargetInfo
     from ._telemetry import flush
@@ -39,6 +40,8 @@ __all__ = [
     "LeakError",
     "LeakWarning",
     "Policy",
+    "ScanFinding",
+    "ScanFindings",
     "Settings",
     "TargetInfo",
     "TelemetryWarning",
@@ -48,6 +51,7 @@ __all__ = [
     "flush",
     "guard",
     "infer",
+    "scan",
     "scope",
     "unguard",
     "watch_leaks",
@@ -65,6 +69,8 @@ _WHERE = {
     "LeakError": "._errors",
     "LeakWarning": "._errors",
     "Policy": "._policy",
+    "ScanFinding": "._scan",
+    "ScanFindings": "._scan",
     "Settings": "._config",
     "TargetInfo": "._target",
     "TelemetryWarning": "._errors",
@@ -74,6 +80,7 @@ _WHERE = {
     "flush": "._telemetry",
     "guard": "._proxy",
     "infer": "._decorate",
+    "scan": "._scan",
     "scope": "._scope",
     "unguard": "._proxy",
     "watch_leaks": "._leaks",

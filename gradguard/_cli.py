@@ -1,7 +1,7 @@
-"""The ``gradguard`` command line: ``gradguard audit`` and ``gradguard demo``.
+"""The ``gradguard`` command line: ``gradguard audit``, ``gradguard scan``, ``gradguard demo``.
 
-``audit`` reads gradguard's JSON-lines events and never imports torch; ``demo``
-is loaded only when asked for.
+``audit`` reads gradguard's JSON-lines events and never imports torch; ``scan`` and
+``demo`` are loaded only when asked for.
 
 Exit status: 0 when all went well, 1 when a ``--fail-on`` condition was found,
 2 on a usage error or an input that cannot be read.
@@ -51,6 +51,7 @@ fail-on conditions (comma-separated; exit 1 when any is found):
   leaks       a gradguard.leak event was recorded
   fallbacks   a call fell back from inference_mode to no_grad
   grad        a call recorded gradients or left modules in training mode
+  waste       a gradguard.waste event was recorded (gradguard scan --log-file)
   regression  a group's wall p95 or peak memory max grew past --threshold
               (needs --compare)
 
@@ -180,6 +181,15 @@ def _build_parser() -> argparse.ArgumentParser:
         "are passed to the demo unchanged.",
     )
     demo.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS", help="the demo's own")
+
+    # Only for the help texts, as for the demo: main() hands everything after "scan" on.
+    scan = sub.add_parser(
+        "scan",
+        help="run a program and report the inference code nobody guarded (needs torch)",
+        description="Run a Python program under gradguard's scan: gradguard scan [options] "
+        "SCRIPT [ARGS...] or gradguard scan [options] -m MODULE [ARGS...].",
+    )
+    scan.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS", help="see scan --help")
     return parser
 
 
@@ -318,6 +328,18 @@ def _run_demo(argv: list[str], parser: argparse.ArgumentParser) -> int:
     return code
 
 
+def _run_scan(argv: list[str], parser: argparse.ArgumentParser) -> int:
+    try:
+        from gradguard._scan._runner import main as scan_main
+    except ImportError as exc:
+        if "-h" in argv or "--help" in argv:
+            parser.parse_args(["scan", "--help"])  # prints this module's help; exits 0
+        print(f"{_PROG} scan: error: the scan is not available ({exc}); it needs torch: "
+              "pip install gradguard", file=sys.stderr)  # fmt: skip
+        return 2
+    return scan_main(argv)
+
+
 def _exit_status(exc: SystemExit) -> int:
     """The status ``exc`` would exit with; a message is printed as Python would."""
     if exc.code is None or isinstance(exc.code, int):
@@ -334,8 +356,10 @@ def main(argv: list[str] | None = None) -> int:
         if argv[:1] == ["demo"]:
             # The demo parses its own arguments: argparse here would reject its options.
             return _run_demo(argv[1:], parser)
+        if argv[:1] == ["scan"]:  # the scanned program's own arguments follow
+            return _run_scan(argv[1:], parser)
         args = parser.parse_args(argv)
-        if args.command != "audit":  # no command given ("demo" was handled above)
+        if args.command != "audit":  # no command given ("demo", "scan" handled above)
             parser.print_help(sys.stderr)
             return 2
         code = _run_audit(args)

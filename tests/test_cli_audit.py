@@ -59,7 +59,7 @@ def log(tmp_path: Path) -> Path:
 
 TOP_KEYS = {"schema", "by", "files", "span", "skipped", "skipped_by_reason",
             "relative_accuracy", "groups", "totals", "compare", "fail_on"}  # fmt: skip
-GROUP_KEYS = {"key", "calls", "errors", "modes", "fallbacks", "grad_calls", "leaks",
+GROUP_KEYS = {"key", "calls", "errors", "modes", "fallbacks", "grad_calls", "leaks", "waste",
               "wall_ms", "gpu_ms", "mem_peak_bytes", "devices", "ranks"}  # fmt: skip
 STATS_KEYS = {"count", "min", "p50", "p95", "p99", "max"}
 

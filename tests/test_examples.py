@@ -165,6 +165,7 @@ def test_every_example_is_run_by_a_test() -> None:
     """A new example without a test here (or in its integration test file) fails."""
     tested = Path(__file__).read_text(encoding="utf-8")
     tested += (ROOT / "tests" / "test_integrations_processes.py").read_text(encoding="utf-8")
+    tested += (ROOT / "tests" / "test_scan_examples.py").read_text(encoding="utf-8")
     for path in sorted((ROOT / "examples").rglob("*")):
         if path.suffix in (".py", ".sh") and not path.name.startswith("_"):
             assert path.name in tested, f"{path.relative_to(ROOT)} is run by no test"

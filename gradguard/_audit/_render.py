@@ -24,6 +24,7 @@ The JSON output is a stable contract for scripts and CI. Its shape, with
       "calls": int, "errors": int,
       "modes": {"inference": int, "no_grad": int},
       "fallbacks": int, "grad_calls": int, "leaks": int,
+      "waste": int,                              # gradguard.waste events (gradguard scan)
       "wall_ms": STATS | null,                   # null when the group had no call
       "gpu_ms": STATS | null,                    # null when no call reported gpu_ms
       "mem_peak_bytes": STATS | null,            # integers; null when never reported
@@ -178,6 +179,7 @@ def _group(g: GroupSummary) -> dict[str, Any]:
         "fallbacks": g.fallbacks,
         "grad_calls": g.grad_calls,
         "leaks": g.leaks,
+        "waste": g.waste,
         "wall_ms": _stats(g.wall_ms),
         "gpu_ms": _stats(g.gpu_ms),
         "mem_peak_bytes": _stats(g.mem_peak_bytes, integer=True),
@@ -328,6 +330,8 @@ COLUMNS: tuple[Column, ...] = (
     Column("fallbacks", "fallbacks", lambda g: _count(g.fallbacks)),
     Column("grad", "grad", lambda g: _count(g.grad_calls)),
     Column("leaks", "leaks", lambda g: _count(g.leaks)),
+    # "-" rather than 0 where nothing was scanned, so the default table drops it.
+    Column("waste", "waste", lambda g: _count(g.waste) if g.waste else "-"),
     Column("wall_p50", "wall p50", _stat("wall_ms", "p50", _ms)),
     Column("wall_p95", "wall p95", _stat("wall_ms", "p95", _ms)),
     Column("wall_p99", "wall p99", _stat("wall_ms", "p99", _ms)),
@@ -345,7 +349,7 @@ COLUMNS: tuple[Column, ...] = (
 COLUMN_NAMES = tuple(c.name for c in COLUMNS)
 
 DEFAULT_COLUMNS = (
-    "calls", "errors", "fallbacks", "grad", "leaks", "wall_p50", "wall_p95", "gpu_p95",
+    "calls", "errors", "fallbacks", "grad", "leaks", "waste", "wall_p50", "wall_p95", "gpu_p95",
     "mem_max", "ranks",
 )  # fmt: skip
 """The default table's columns, less those with no value in any row: under 120 characters

@@ -45,7 +45,7 @@ GroupBy = Literal["target", "rank", "host", "device"]
 GroupKey = str | int | None
 
 GROUP_KEYS: tuple[GroupBy, ...] = ("target", "rank", "host", "device")
-FAIL_ON_CONDITIONS = ("errors", "leaks", "fallbacks", "grad", "regression")
+FAIL_ON_CONDITIONS = ("errors", "leaks", "fallbacks", "grad", "waste", "regression")
 
 _NONE = type(None)
 # Types accepted for the grouping field of an event; target is mandatory.
@@ -85,7 +85,7 @@ class _Group:
 
     __slots__ = (
         "add_gpu", "add_mem", "add_wall", "devices", "errors", "fallbacks", "gpu", "grad",
-        "leaks", "mem", "no_grad", "ranks", "wall",
+        "leaks", "mem", "no_grad", "ranks", "wall", "waste",
     )  # fmt: skip
 
     def __init__(self, alpha: float) -> None:
@@ -94,6 +94,7 @@ class _Group:
         self.fallbacks = 0
         self.grad = 0
         self.leaks = 0
+        self.waste = 0  # gradguard.waste events (gradguard scan's findings)
         self.wall = LogSketch(alpha)
         self.gpu = LogSketch(alpha)
         self.mem = LogSketch(alpha)
@@ -115,6 +116,7 @@ class _Group:
         self.fallbacks += other.fallbacks
         self.grad += other.grad
         self.leaks += other.leaks
+        self.waste += other.waste
         self.wall.merge(other.wall)
         self.gpu.merge(other.gpu)
         self.mem.merge(other.mem)
@@ -160,6 +162,7 @@ class GroupSummary:
     mem_peak_bytes: Stats | None
     devices: tuple[str, ...]
     ranks: tuple[int, ...]
+    waste: int = 0
 
     @classmethod
     def _from_group(cls, key: GroupKey, g: _Group) -> GroupSummary:
@@ -178,6 +181,7 @@ class GroupSummary:
             mem_peak_bytes=Stats.from_sketch(g.mem),
             devices=tuple(sorted(g.devices)),
             ranks=tuple(sorted(g.ranks)),
+            waste=g.waste,
         )
 
 
@@ -450,6 +454,8 @@ class Collector:
                 g.leaks += 1
                 if r.timestamp is not None:
                     add_timestamp(r.timestamp)
+            elif event == "gradguard.waste":
+                rest.append(index)  # rare: counted by the exact path
             else:
                 other += 1
         self._other += other
@@ -470,7 +476,7 @@ class Collector:
             except KeyError:
                 self._invalid += 1
                 return None
-        if event != "gradguard.leak":
+        if event != "gradguard.leak" and event != "gradguard.waste":
             self._other += 1
             return None
         key = rec.get(self.by)
@@ -486,7 +492,10 @@ class Collector:
         g = self._groups.get(key)
         if g is None:
             g = self._group(key)
-        g.leaks += 1
+        if event == "gradguard.waste":
+            g.waste += 1
+        else:
+            g.leaks += 1
         if ts is not None:
             self._timestamps.append(ts)
         return None
@@ -696,6 +705,8 @@ def check_fail_on(
         found["errors"] = f"{t.errors} call(s) raised an error"
     if "leaks" in conditions and t.leaks:
         found["leaks"] = f"{t.leaks} leak(s) recorded"
+    if "waste" in conditions and t.waste:
+        found["waste"] = f"{t.waste} gradguard scan finding(s) of unguarded inference"
     if "fallbacks" in conditions and t.fallbacks:
         found["fallbacks"] = f"{t.fallbacks} call(s) fell back from inference_mode to no_grad"
     if "grad" in conditions and t.grad_calls:

@@ -44,3 +44,12 @@ assert_type(gradguard.describe(bare).mode, Literal["inference", "no_grad"])
 bare("not an int")  # type: ignore[arg-type]
 with_options(1, 2)  # type: ignore[call-arg]
 gradguard.infer(mode="fast")  # type: ignore[call-overload]
+
+
+def scanned(model: nn.Module) -> int:
+    with gradguard.scan() as findings:
+        model(1)
+    assert_type(findings, gradguard.ScanFindings)
+    first = findings[0]
+    assert_type(first, gradguard.ScanFinding)
+    return first.bytes_max + findings.pending
