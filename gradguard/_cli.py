@@ -13,9 +13,7 @@ Example:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
-import os
 import sys
 from collections.abc import Sequence
 
@@ -33,6 +31,7 @@ from gradguard._audit import (
 )
 from gradguard._audit._reader import total_size
 from gradguard._audit._render import COLUMN_NAMES
+from gradguard._streams import deliver, say
 
 __all__ = ["main"]
 
@@ -239,77 +238,19 @@ def _run_audit(args: argparse.Namespace) -> int:
         text = render_html(collector, timeline, comparison, result, files=paths, columns=columns)
     else:
         text = render(args.format, summary, comparison, result, columns=columns)
-    problem = _deliver(text, args.output)
+    problem = deliver(text, args.output)
     if problem:
         return _error(problem)
     if result is not None and result.failed:
         reasons = "; ".join(f"{c}: {result.details[c]}" for c in result.failed)
-        _say(f"{_PROG} audit: failing (--fail-on): {reasons}")
+        say(f"{_PROG} audit: failing (--fail-on): {reasons}")
         return 1
     return 0
 
 
-def _say(line: str) -> None:
-    """Print ``line`` on standard error, if there is one to print on."""
-    try:
-        if sys.stderr is not None:
-            print(line, file=sys.stderr, flush=True)
-    except (OSError, ValueError):
-        pass  # stderr is closed or full: the exit status is all that is left
-
-
 def _error(message: str) -> int:
-    _say(f"{_PROG} audit: error: {message}")
+    say(f"{_PROG} audit: error: {message}")
     return 2
-
-
-def _deliver(text: str, output: str | None) -> str | None:
-    """Write the report to ``output`` or standard output; the problem, if it fails."""
-    if output is not None:
-        return _write_file(text, output)
-    stream = sys.stdout
-    if stream is None or stream.closed:
-        return "standard output is closed; give --output FILE, or leave stdout open"
-    try:
-        stream.write(text)
-        stream.flush()
-    except BrokenPipeError:
-        # The reader went away (e.g. `| head`): it chose to stop reading; no error.
-        _silence_stdout()
-    except OSError as exc:  # a full disk (/dev/full), a lost terminal
-        _silence_stdout()
-        return (
-            f"cannot write the report to standard output ({exc.strerror or exc}); "
-            "free some space or write it elsewhere with --output FILE"
-        )
-    return None
-
-
-def _silence_stdout() -> None:
-    # What is still buffered would fail again when Python flushes stdout at exit, with
-    # a message of its own: point the descriptor at /dev/null first.
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-    except (OSError, ValueError, AttributeError):
-        pass
-
-
-def _write_file(text: str, output: str) -> str | None:
-    if os.path.isdir(output):
-        return f"--output {output!r} is a directory; name a file, e.g. {output}/report.html"
-    # Written beside the target and renamed over it: a failed write leaves no half report.
-    partial = f"{output}.partial"
-    try:
-        with open(partial, "w", encoding="utf-8") as file:
-            file.write(text)
-        os.replace(partial, output)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.remove(partial)
-        return f"cannot write --output {output!r} ({exc.strerror or exc}); check the path"
-    return None
 
 
 def _run_demo(argv: list[str], parser: argparse.ArgumentParser) -> int:
@@ -344,7 +285,7 @@ def _exit_status(exc: SystemExit) -> int:
     """The status ``exc`` would exit with; a message is printed as Python would."""
     if exc.code is None or isinstance(exc.code, int):
         return exc.code or 0
-    _say(str(exc.code))
+    say(str(exc.code))
     return 1
 
 
@@ -366,6 +307,6 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # --help (0), usage errors (2), the demo's own exits
         return _exit_status(exc)
     except KeyboardInterrupt:  # Ctrl-C over a long audit: a line, not a traceback
-        _say(f"{_PROG}: interrupted")
+        say(f"{_PROG}: interrupted")
         return 130
     return code

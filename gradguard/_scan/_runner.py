@@ -22,6 +22,7 @@ import traceback
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
+from .._streams import deliver
 from ._findings import DELIBERATE, KINDS, ScanFinding, Session
 from ._report import FORMATS, render, write_events
 from ._watch import registry
@@ -201,10 +202,11 @@ def main(argv: Sequence[str]) -> int:
     except SystemExit as exc:  # --help (0), usage errors (2)
         return exc.code if isinstance(exc.code, int) else 2
     status, findings = scan_program(command)
-    from gradguard._cli import _write  # the command line's writer, quiet on a closed pipe
-
     sys.stdout.flush()
-    _write(render(command.options.format, findings))
+    problem = deliver(render(command.options.format, findings), None)
+    if problem:
+        print(f"{_PROG}: error: {problem}", file=sys.stderr)
+        return status or 2
     if command.options.log_file is not None:
         try:
             write_events(command.options.log_file, findings)
