@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import wrapt
 
+from . import _compile
 from ._policy import Policy, make_policy
 from ._steps import async_generator_call, coroutine_call, generator_call
 from ._target import Target, module_finder, underlying
@@ -44,6 +45,14 @@ class GuardedFunction(_FunctionWrapper):
         super().__init__(wrapped, wrapper)
         self._self_target = target
         self._self_run = wrapper
+
+    @property
+    def _torchdynamo_orig_callable(self) -> Any:
+        # Read by torch.compile on what it is given, and by nothing else: the moment to
+        # tell dynamo how to run gradguard's code (see _compile). The attribute itself
+        # does not exist.
+        _compile.prepare()
+        raise AttributeError("_torchdynamo_orig_callable")
 
     def __reduce_ex__(self, protocol: Any) -> str:
         # Pickled by reference, like the function it decorates (its module:qualname names

@@ -1,0 +1,228 @@
+"""How ``torch.compile`` runs gradguard's code: eagerly, around the compiled model.
+
+Left to itself, dynamo traces into a guard's bookkeeping (locks, clocks, counters, torch's
+C++ mode guard): it breaks the graph there, warns, and recompiles at every call because
+the call counter changed. So, once ``torch.compile`` is seen in use, gradguard tells
+dynamo how to run each of its functions, through the per-code frame strategy that
+``torch._dynamo.skip`` and ``torch.compiler.disable`` use:
+
+- the entry points (a guarded module's or function's call, ``Target.call``, the steps of
+  generators and coroutines) run eagerly, and the frames they call are compiled as usual:
+  the user's model, called inside, compiles into its own graph, in eval and under
+  inference mode;
+- everything else of gradguard runs eagerly with nothing below it compiled;
+- the entry points are also marked as ``torch.compiler.disable``d for code dynamo
+  traces: a guarded call inside a compiled function is a graph break around which the
+  guard runs eagerly, and under ``fullgraph=True`` the error says what to do.
+
+Importing ``torch._dynamo`` costs about a second, so nothing here runs at
+``import gradguard``: ``prepare`` is called when ``torch.compile`` (or
+``torch.compiler.disable``) is applied to a guarded module or function, when a compiled
+module is guarded, and from ``GuardedModule.compile``; by then dynamo is loaded.
+The cost per call is nil: the triggers are an attribute only dynamo reads and checks made
+when guarding.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import types
+from collections.abc import Iterator
+from typing import Any
+
+from torch import nn
+
+__all__ = ["FULLGRAPH_MESSAGE", "is_compiled", "prepare", "quiet_call", "traced_entry"]
+
+FULLGRAPH_MESSAGE = (
+    "gradguard runs its guard eagerly, around compiled code, not inside it. Compile the "
+    "model and guard the result, gradguard.guard(torch.compile(model)), or compile the "
+    "guarded model, torch.compile(gradguard.guard(model)) (fullgraph=True works there: the "
+    "model inside compiles as one graph); call the guarded function outside the compiled "
+    "one, or use torch.compile without fullgraph=True to let dynamo break the graph here."
+)
+
+_lock = threading.Lock()
+_prepared: set[str] = set()  # the gradguard modules whose code dynamo has been told about
+
+
+def _entry_points() -> list[Any]:
+    """Functions through which a guarded call reaches the user's code: dynamo must
+    compile what they call, not them."""
+    from . import _decorate, _proxy, _steps, _target
+
+    functions: list[Any] = [
+        _proxy.GuardedModule.__call__,
+        _proxy.GuardedModule.forward,
+        _proxy._GuardedMethod.__call__,
+        _decorate._DirectGuardedFunction.__call__,
+        _target.Target.call,
+        _target.Target._run,
+        _target.Target.run_step,
+    ]
+    # Generators and coroutines: each resume of the body goes through these.
+    for value in vars(_steps).values():
+        functions.extend(_own_functions(value, _steps.__name__))
+    return functions
+
+
+def _own_functions(value: Any, module: str) -> Iterator[Any]:
+    """The functions ``value`` defines in ``module``: itself, or a class's methods."""
+    if isinstance(value, types.FunctionType) and value.__module__ == module:
+        yield value
+    elif isinstance(value, type) and value.__module__ == module:
+        for member in vars(value).values():
+            if isinstance(member, (staticmethod, classmethod)):
+                member = member.__func__
+            elif isinstance(member, property):
+                yield from (f for f in (member.fget, member.fset, member.fdel) if f)
+                continue
+            if isinstance(member, types.FunctionType):
+                yield member
+
+
+def _codes(code: types.CodeType) -> Iterator[types.CodeType]:
+    """``code`` and the code of every function and comprehension defined inside it."""
+    yield code
+    for constant in code.co_consts:
+        if isinstance(constant, types.CodeType):
+            yield from _codes(constant)
+
+
+def prepare() -> None:
+    """Tell dynamo how to run gradguard's functions (see the module docstring).
+
+    Idempotent and cheap once done; run again, it covers gradguard modules imported since.
+    Does nothing on a torch whose dynamo lacks the frame strategies (it then traces
+    gradguard as before).
+    """
+    loaded = [n for n in list(sys.modules) if n == "gradguard" or n.startswith("gradguard.")]
+    if all(n in _prepared for n in loaded):
+        return
+    with _lock:
+        try:
+            from torch._C._dynamo.eval_frame import _FrameAction as FrameAction
+            from torch._C._dynamo.eval_frame import _FrameExecStrategy as FrameExecStrategy
+            from torch._C._dynamo.eval_frame import set_code_exec_strategy
+        except ImportError:  # an older torch: no per-code strategies to set
+            _prepared.update(loaded)
+            return
+        if not _prepared:
+            _watch_compile_wrappers()
+        entries = _entry_points()
+        entry_codes = {f.__code__ for f in entries}
+        for function in entries:
+            # Read by dynamo (inspect.getattr_static) when it would inline the function.
+            function._torchdynamo_disable = True
+            function._torchdynamo_disable_msg = FULLGRAPH_MESSAGE
+        below_compiled = FrameExecStrategy(FrameAction.SKIP, FrameAction.DEFAULT)
+        all_eager = FrameExecStrategy(FrameAction.SKIP, FrameAction.SKIP)
+        for name in loaded:
+            if name in _prepared:
+                continue
+            module = sys.modules.get(name)
+            if module is None:
+                continue
+            for value in list(vars(module).values()):
+                for function in _own_functions(value, name):
+                    for code in _codes(function.__code__):
+                        strategy = below_compiled if code in entry_codes else all_eager
+                        set_code_exec_strategy(code, strategy)
+            _prepared.add(name)
+
+
+def _watch_compile_wrappers() -> None:
+    """Make ``torch.compile(guard(model))``'s wrapper quiet about gradguard's own hooks.
+
+    ``OptimizedModule.__call__`` warns whenever a global module hook is installed (they
+    fire once more, for the wrapper); the leak boundary's hook is installed while a
+    guarded call's outputs live, which in a serving loop is always. The wrapper is seen
+    when torch registers the guard in it as ``_orig_mod``, and gets a subclass whose call
+    leaves the warning out when the only global hooks are gradguard's.
+    """
+    from torch._dynamo.eval_frame import OptimizedModule, _set_in_optimized_module
+
+    from ._proxy import GuardedModule
+
+    module_call = nn.Module.__call__
+
+    class GuardedOptimizedModule(OptimizedModule):
+        """``torch.compile(gradguard.guard(model))``: an ``OptimizedModule`` that does not
+        warn about gradguard's own global hooks."""
+
+        def __call__(self, *args: Any, **kwargs: Any) -> Any:
+            if not _only_gradguard_hooks():
+                return super().__call__(*args, **kwargs)
+            with _set_in_optimized_module():
+                return module_call(self, *args, **kwargs)
+
+    GuardedOptimizedModule.__qualname__ = "GuardedOptimizedModule"
+
+    def registered(module: nn.Module, name: str, value: Any) -> None:
+        is_wrapper = name == "_orig_mod" and type(module) is OptimizedModule
+        if is_wrapper and isinstance(value, GuardedModule):
+            module.__class__ = GuardedOptimizedModule
+
+    nn.modules.module.register_module_module_registration_hook(registered)
+
+
+def traced_entry(module: nn.Module) -> Any:
+    """What a guard that ``torch.compile`` wraps calls: ``module``, or for a module whose
+    frames dynamo skips when they start (torch's own, ``nn.Sequential`` say), a small
+    function dynamo compiles with the module inlined (``OptimizedModule`` does the same).
+    Outside compiled code it costs one Python frame more."""
+    from torch._dynamo import external_utils, trace_rules
+
+    forward = getattr(module, "forward", None)
+    if isinstance(forward, types.MethodType) and trace_rules.check(forward):
+        return external_utils.wrap_inline(module)
+    return module
+
+
+def is_compiled(module: nn.Module) -> bool:
+    """Whether ``module`` is ``torch.compile(model)``'s wrapper or was compiled in place
+    (``model.compile()``): a check made when guarding, which needs no dynamo import."""
+    return "_orig_mod" in module._modules or (
+        getattr(module, "_compiled_call_impl", None) is not None
+    )
+
+
+def quiet_call(compiled: nn.Module) -> Any:
+    """``compiled(...)`` for a ``torch.compile(model)`` wrapper, without torch's warning
+    that a compiled module runs with global hooks when the only ones are gradguard's.
+
+    The warning says the hooks fire once more, for the wrapper; gradguard's own (the leak
+    boundary) are made for that. Hooks someone else installed still get the warning.
+    """
+    from torch._dynamo.eval_frame import _set_in_optimized_module
+
+    module_call = nn.Module.__call__
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        if not _only_gradguard_hooks():
+            return compiled(*args, **kwargs)
+        with _set_in_optimized_module():
+            return module_call(compiled, *args, **kwargs)
+
+    return call
+
+
+def _only_gradguard_hooks() -> bool:
+    from . import _hooks
+
+    module = nn.modules.module
+    if (
+        module._global_backward_pre_hooks
+        or module._global_backward_hooks
+        or module._global_forward_hooks_always_called
+        or module._global_forward_hooks_with_kwargs
+    ):
+        return False
+    for hooks, owner in (
+        (module._global_forward_pre_hooks, _hooks.forward_pre_hooks),
+        (module._global_forward_hooks, _hooks.forward_hooks),
+    ):
+        if hooks and (len(hooks) > 1 or not owner.owns(next(iter(hooks)))):
+            return False
+    return True
