@@ -224,6 +224,18 @@ def test_dropout_variants_and_rrelu_are_found_with_their_modules(decompose: bool
     assert not gradguard.check_export(in_eval)
 
 
+@pytest.mark.filterwarnings("ignore:The tensor attributes self._flat_weights")
+@pytest.mark.parametrize(("dropout", "found"), [(0.3, True), (0.0, False)])
+def test_recurrent_dropout_is_found_when_it_drops(dropout: float, found: bool) -> None:
+    model = nn.LSTM(4, 4, num_layers=2, dropout=dropout).train()
+    x = torch.randn(3, 2, 4)
+    findings = gradguard.check_export(torch.export.export(model, (x,)))
+    assert [(f.op, f.argument) for f in findings] == (
+        [("aten.lstm.input", "train=True")] if found else []
+    )
+    assert not gradguard.check_export(gradguard.export(model, (x,)))
+
+
 def test_export_takes_a_guarded_module_and_export_options() -> None:
     model, x = encoder_case()
     guarded = gradguard.guard(model)

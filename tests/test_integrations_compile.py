@@ -182,7 +182,7 @@ def test_compiled_guard_with_inductor(shape: str) -> None:
     run_guarded(shape, "inductor", keep_outputs=True)
 
 
-@pytest.mark.parametrize("shape", ["compile(guard)", "compile(infer)", "guard(compile)"])
+@pytest.mark.parametrize("shape", SHAPES)
 def test_fullgraph_over_a_guard_compiles_the_model_as_one_graph(shape: str) -> None:
     torch.manual_seed(0)
     net = Net().train()
