@@ -33,7 +33,17 @@ from typing import Any
 
 from torch import nn
 
-__all__ = ["FULLGRAPH_MESSAGE", "is_compiled", "prepare", "quiet_call", "traced_entry"]
+from . import _hooks
+
+__all__ = [
+    "FULLGRAPH_MESSAGE",
+    "is_compiled",
+    "mark_entries",
+    "prepare",
+    "prepare_now",
+    "quiet_call",
+    "traced_entry",
+]
 
 FULLGRAPH_MESSAGE = (
     "gradguard runs its guard eagerly, around compiled code, not inside it. Compile the "
@@ -107,15 +117,11 @@ def prepare() -> None:
             from torch._C._dynamo.eval_frame import set_code_exec_strategy
         except ImportError:  # an older torch: no per-code strategies to set
             _prepared.update(loaded)
+            _calls_check(False)
             return
         if not _prepared:
             _watch_compile_wrappers()
-        entries = _entry_points()
-        entry_codes = {f.__code__ for f in entries}
-        for function in entries:
-            # Read by dynamo (inspect.getattr_static) when it would inline the function.
-            function._torchdynamo_disable = True
-            function._torchdynamo_disable_msg = FULLGRAPH_MESSAGE
+        entry_codes = {f.__code__ for f in _entry_points()}
         below_compiled = FrameExecStrategy(FrameAction.SKIP, FrameAction.DEFAULT)
         all_eager = FrameExecStrategy(FrameAction.SKIP, FrameAction.SKIP)
         for name in loaded:
@@ -130,6 +136,38 @@ def prepare() -> None:
                         strategy = below_compiled if code in entry_codes else all_eager
                         set_code_exec_strategy(code, strategy)
             _prepared.add(name)
+        _calls_check(False)
+
+
+def _calls_check(check: bool) -> None:
+    """Whether guarded calls look for torch.compile in use (until ``prepare`` has run)."""
+    from . import _decorate, _proxy
+
+    _decorate._unprepared = _proxy._unprepared = check
+
+
+def prepare_now() -> None:
+    """``prepare`` from a guarded call that finds dynamo loaded and gradguard not prepared.
+
+    Marked as ``torch.compiler.disable``d: when dynamo traces the call (a guard called
+    inside compiled code), it breaks the graph here and runs this eagerly, before it
+    reaches anything else of gradguard.
+    """
+    prepare()
+
+
+prepare_now._torchdynamo_disable = True  # type: ignore[attr-defined]
+prepare_now._torchdynamo_disable_msg = FULLGRAPH_MESSAGE  # type: ignore[attr-defined]
+
+
+def mark_entries() -> None:
+    """Mark the entry points as ``torch.compiler.disable``d for code dynamo traces: a
+    guarded call inside compiled code is a graph break, never traced into, and under
+    ``fullgraph=True`` the error says what to do. Plain attributes, read by dynamo with
+    ``inspect.getattr_static``: no dynamo import. Called when the modules load."""
+    for function in _entry_points():
+        function._torchdynamo_disable = True
+        function._torchdynamo_disable_msg = FULLGRAPH_MESSAGE
 
 
 def _watch_compile_wrappers() -> None:
@@ -141,7 +179,10 @@ def _watch_compile_wrappers() -> None:
     when torch registers the guard in it as ``_orig_mod``, and gets a subclass whose call
     leaves the warning out when the only global hooks are gradguard's.
     """
-    from torch._dynamo.eval_frame import OptimizedModule, _set_in_optimized_module
+    try:
+        from torch._dynamo.eval_frame import OptimizedModule, _set_in_optimized_module
+    except ImportError:  # another torch: its wrapper stays as it is
+        return
 
     from ._proxy import GuardedModule
 
@@ -195,7 +236,10 @@ def quiet_call(compiled: nn.Module) -> Any:
     The warning says the hooks fire once more, for the wrapper; gradguard's own (the leak
     boundary) are made for that. Hooks someone else installed still get the warning.
     """
-    from torch._dynamo.eval_frame import _set_in_optimized_module
+    try:
+        from torch._dynamo.eval_frame import _set_in_optimized_module
+    except ImportError:  # another torch: call the wrapper as it is
+        return compiled
 
     module_call = nn.Module.__call__
 
@@ -208,21 +252,31 @@ def quiet_call(compiled: nn.Module) -> Any:
     return call
 
 
-def _only_gradguard_hooks() -> bool:
-    from . import _hooks
+_torch_module = nn.modules.module
+# torch's dicts of global hooks, changed in place by torch, so bound once: those gradguard
+# never installs into, and those it does, each with gradguard's owner of it.
+_OTHER_HOOKS: tuple[dict[Any, Any], ...] = tuple(
+    getattr(_torch_module, name)
+    for name in (
+        "_global_backward_pre_hooks",
+        "_global_backward_hooks",
+        "_global_forward_hooks_always_called",
+        "_global_forward_hooks_with_kwargs",
+    )
+    if hasattr(_torch_module, name)
+)
+_OWNED_HOOKS = (
+    (_torch_module._global_forward_pre_hooks, _hooks.forward_pre_hooks),
+    (_torch_module._global_forward_hooks, _hooks.forward_hooks),
+)
 
-    module = nn.modules.module
-    if (
-        module._global_backward_pre_hooks
-        or module._global_backward_hooks
-        or module._global_forward_hooks_always_called
-        or module._global_forward_hooks_with_kwargs
-    ):
-        return False
-    for hooks, owner in (
-        (module._global_forward_pre_hooks, _hooks.forward_pre_hooks),
-        (module._global_forward_hooks, _hooks.forward_hooks),
-    ):
+
+def _only_gradguard_hooks() -> bool:
+    """Whether every global module hook installed now is gradguard's (or none is)."""
+    for hooks in _OTHER_HOOKS:
+        if hooks:
+            return False
+    for hooks, owner in _OWNED_HOOKS:
         if hooks and (len(hooks) > 1 or not owner.owns(next(iter(hooks)))):
             return False
     return True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
@@ -24,6 +25,11 @@ else:
     P = TypeVar("P")  # only type checkers need the ParamSpec
 
 R = TypeVar("R")
+
+# As in _proxy: until gradguard has told dynamo how to run its code, a call looks whether
+# torch.compile is in use.
+_unprepared = True
+_modules = sys.modules
 
 __all__ = ["GuardedFunction", "infer"]
 
@@ -76,6 +82,8 @@ class _DirectGuardedFunction(GuardedFunction):
     """
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if _unprepared and "torch._dynamo" in _modules:
+            _compile.prepare_now()
         return self._self_run(self.__wrapped__, None, args, kwargs)
 
 
@@ -176,3 +184,6 @@ def infer(fn: Any = None, /, **options: Any) -> Any:
     if fn is None:
         return functools.partial(decorate, policy=policy)
     return decorate(fn, policy)
+
+
+_compile.mark_entries()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import sys
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -21,6 +22,12 @@ if TYPE_CHECKING:
 __all__ = ["GuardedModule", "guard", "unguard"]
 
 M = TypeVar("M", bound=nn.Module)
+
+# Until gradguard has told dynamo how to run its code (_compile.prepare), a call looks
+# whether torch.compile is in use: a bool and, only while dynamo is loaded and nothing
+# has prepared yet, one dict lookup.
+_unprepared = True
+_modules = sys.modules
 
 # nn.Module methods that return the module itself: called through the proxy they return
 # the proxy, so `model = gradguard.guard(model).to(device)` keeps the guard.
@@ -85,6 +92,8 @@ class GuardedModule(_ObjectProxy):
                 self._self_run = _compile.quiet_call(module)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if _unprepared and "torch._dynamo" in _modules:
+            _compile.prepare_now()
         return self._self_call.call(self._self_run, None, args, kwargs)
 
     @property
@@ -269,3 +278,6 @@ def unguard(module: M, /) -> M:
         f"{type(given).__name__}. A decorated function's original is its __wrapped__."
     )
     raise TypeError(msg)
+
+
+_compile.mark_entries()
