@@ -17,10 +17,13 @@ dynamo how to run each of its functions, through the per-code frame strategy tha
 
 Importing ``torch._dynamo`` costs about a second, so nothing here runs at
 ``import gradguard``: ``prepare`` is called when ``torch.compile`` (or
-``torch.compiler.disable``) is applied to a guarded module or function, when a compiled
-module is guarded, and from ``GuardedModule.compile``; by then dynamo is loaded.
-The cost per call is nil: the triggers are an attribute only dynamo reads and checks made
-when guarding.
+``torch.compiler.disable``) is applied to a guarded module or function (it reads an
+attribute only dynamo reads), when a compiled module is guarded, from
+``GuardedModule.compile``, and by the first guarded call of a module or plain function
+made while dynamo is loaded (a guard called inside a compiled function: dynamo breaks the
+graph at it, since the entry points carry ``torch.compiler.disable``'s marks from
+import on). Until then each such call checks a flag, and while dynamo is loaded one dict
+lookup; afterwards the flag alone.
 """
 
 from __future__ import annotations

@@ -98,17 +98,28 @@ def build(shape: str, model: nn.Module, backend: str, **options: Any) -> Callabl
         return lambda x: compiled(model, x)
     if shape == "guard(compile)":
         return gradguard.guard(torch.compile(model, backend=backend, **options))
+    if shape == "guard.compile()":  # compiled in place through the guard
+        guarded = gradguard.guard(model)
+        guarded.compile(backend=backend, **options)
+        return guarded
     assert shape == "model.compile()"
     model.compile(backend=backend, **options)
     return gradguard.guard(model)
 
 
-SHAPES = ["compile(guard)", "compile(infer)", "guard(compile)", "model.compile()"]
+SHAPES = [
+    "compile(guard)",
+    "compile(infer)",
+    "guard(compile)",
+    "model.compile()",
+    "guard.compile()",
+]
 TARGETS = {
     "compile(guard)": f"{__name__}:Net",
     "compile(infer)": f"{__name__}:build.<locals>.predict",
     "guard(compile)": "torch._dynamo.eval_frame:OptimizedModule",
     "model.compile()": f"{__name__}:Net",
+    "guard.compile()": f"{__name__}:Net",
 }
 
 
