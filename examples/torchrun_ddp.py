@@ -8,12 +8,16 @@ Run, then audit the ranks' logs side by side:
 
 Without GRADGUARD_LOG_FILE the script logs to calls-{rank}.jsonl in the current folder.
 Events carry ``rank`` and ``world_size`` once the process group is initialised.
+Needs nothing beyond gradguard itself (``pip install -e ".[examples]"`` also brings numpy,
+which torch looks for at import).
 """
 
 from __future__ import annotations
 
 import copy
+import gc
 import os
+import sys
 
 import torch
 import torch.distributed as dist
@@ -36,7 +40,8 @@ def eval_result(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return reference(x)
 
 
-def main() -> None:
+def main() -> int:
+    """Run this rank's part; return its exit status (0 when every check held)."""
     if not os.environ.get("GRADGUARD_LOG_FILE"):
         gradguard.configure(log_file="calls-{rank}.jsonl")
     dist.init_process_group("gloo")
@@ -68,11 +73,25 @@ def main() -> None:
         dist.all_gather(gathered, grad)
         synced = all(torch.allclose(g, grad) for g in gathered)
         print(f"rank {rank}/{world}: DDP training step after: {'ok' if synced else 'FAILED'}")
-        if not (same and flags and synced):
-            raise SystemExit(1)
+        status = 0 if same and flags and synced else 1
+        # Tear down in order: wait until every rank is done with collectives, drop DDP
+        # (its reducer holds the process group) and only then destroy the group.
+        dist.barrier()
+        del model, ddp, guarded
+        gc.collect()
     finally:
         dist.destroy_process_group()
+    return status
 
 
 if __name__ == "__main__":
-    main()
+    status = main()
+    # Even after an orderly teardown, gloo's threads sometimes abort a rank while the
+    # interpreter shuts down ("terminate called without an active exception"), with
+    # plain torch too; torchrun then reports a failure although the work succeeded.
+    # So the exit status is the work's: write out gradguard's events and our output,
+    # then leave without the interpreter's shutdown, where the abort happens.
+    gradguard.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)

@@ -9,13 +9,19 @@ guarded greedy generation equals the ``model.eval()`` + ``torch.inference_mode()
 reference, that the model is back in training mode, and the event gradguard logged.
 
 Run: python examples/transformers_generate.py
-(needs transformers: ``pip install -e ".[integrations]"``; under a minute on two CPU cores)
+(needs transformers: ``pip install -e ".[examples]"``; under a minute on two CPU cores)
 """
 
 from __future__ import annotations
 
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedModel
+
+try:
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedModel
+except ImportError:
+    raise SystemExit(
+        'this example needs transformers: pip install -e ".[examples]" (from the repository root)'
+    ) from None
 
 import gradguard
 from gradguard.testing import capture_events

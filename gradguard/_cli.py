@@ -13,11 +13,13 @@ Example:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import sys
 from collections.abc import Sequence
 
+from gradguard import __version__
 from gradguard._audit import (
     FAIL_ON_CONDITIONS,
     GROUP_KEYS,
@@ -30,6 +32,7 @@ from gradguard._audit import (
     summarize,
 )
 from gradguard._audit._reader import total_size
+from gradguard._audit._render import COLUMN_NAMES
 
 __all__ = ["main"]
 
@@ -88,11 +91,23 @@ def _fail_on(text: str) -> list[str]:
     return list(dict.fromkeys(conditions))
 
 
+def _columns(text: str) -> list[str]:
+    """Parse 'calls,wall_p95' into a list of known column names."""
+    names = [c.strip().lower().replace("-", "_") for c in text.split(",") if c.strip()]
+    unknown = [c for c in names if c not in COLUMN_NAMES]
+    if not names or unknown:
+        got = repr(unknown[0]) if unknown else "nothing"
+        msg = f"unknown column {got}; choose a comma-separated list from {','.join(COLUMN_NAMES)}"
+        raise argparse.ArgumentTypeError(msg)
+    return list(dict.fromkeys(names))
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=_PROG,
         description="Guard PyTorch inference calls, and audit the events they log.",
     )
+    parser.add_argument("--version", action="version", version=f"{_PROG} {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     audit = sub.add_parser(
@@ -109,9 +124,26 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     audit.add_argument(
         "--format",
-        choices=("table", "json", "markdown"),
+        choices=("table", "json", "markdown", "html"),
         default="table",
-        help="output format (default: table); json is a stable, documented contract",
+        help="output format (default: table); json is a stable, documented contract; "
+        "html is one self-contained file with charts (needs gradguard[report])",
+    )
+    audit.add_argument(
+        "--output",
+        "-o",
+        metavar="FILE",
+        help="write the report to FILE instead of standard output (replaced if it exists)",
+    )
+    columns = audit.add_mutually_exclusive_group()
+    columns.add_argument(
+        "--wide", action="store_true", help="show every column of the table, even empty ones"
+    )
+    columns.add_argument(
+        "--columns",
+        type=_columns,
+        metavar="NAMES",
+        help=f"the table's columns, comma-separated, from: {','.join(COLUMN_NAMES)}",
     )
     audit.add_argument(
         "--compare",
@@ -189,11 +221,17 @@ def _run_audit(args: argparse.Namespace) -> int:
     conditions: list[str] = args.fail_on
     if "regression" in conditions and not args.compare:
         parser.error("--fail-on regression needs a baseline: add --compare BASELINE...")
+    if args.format == "html":
+        from gradguard._audit._html import check_available
+
+        problem = check_available()
+        if problem:
+            return _error(problem)
     try:
         paths = expand_inputs(args.inputs)
         baseline_paths = expand_inputs(args.compare) if args.compare else []
     except InputError as exc:
-        return _input_error(exc)
+        return _error(str(exc))
     if "-" in paths and "-" in baseline_paths:
         parser.error("standard input (-) can be read only once: use it for the inputs or for "
                      "--compare, not both")  # fmt: skip
@@ -201,36 +239,100 @@ def _run_audit(args: argparse.Namespace) -> int:
     def progress(p: Sequence[str]) -> Progress | None:
         return None if args.no_progress else Progress(total_size(p))
 
+    timeline = None
     try:
         baseline = None
         if args.compare:
             baseline = summarize(baseline_paths, args.by, progress(baseline_paths))
-        summary = summarize(paths, args.by, progress(paths))
+        if args.format == "html":
+            from gradguard._audit._timeline import summarize_with_timeline
+
+            collector, timeline = summarize_with_timeline(paths, args.by, progress(paths))
+            summary = collector.summary(paths)
+        else:
+            summary = summarize(paths, args.by, progress(paths))
     except InputError as exc:
-        return _input_error(exc)
+        return _error(str(exc))
     comparison = compare(baseline, summary, args.threshold) if baseline is not None else None
     result = check_fail_on(conditions, summary, comparison) if conditions else None
-    _write(render(args.format, summary, comparison, result))
+    columns = list(COLUMN_NAMES) if args.wide else args.columns
+    if timeline is not None:
+        from gradguard._audit._html import render_html
+
+        text = render_html(collector, timeline, comparison, result, files=paths, columns=columns)
+    else:
+        text = render(args.format, summary, comparison, result, columns=columns)
+    problem = _deliver(text, args.output)
+    if problem:
+        return _error(problem)
     if result is not None and result.failed:
         reasons = "; ".join(f"{c}: {result.details[c]}" for c in result.failed)
-        print(f"{_PROG} audit: failing (--fail-on): {reasons}", file=sys.stderr)
+        _say(f"{_PROG} audit: failing (--fail-on): {reasons}")
         return 1
     return 0
 
 
-def _input_error(exc: InputError) -> int:
-    print(f"{_PROG} audit: error: {exc}", file=sys.stderr)
+def _say(line: str) -> None:
+    """Print ``line`` on standard error, if there is one to print on."""
+    try:
+        if sys.stderr is not None:
+            print(line, file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass  # stderr is closed or full: the exit status is all that is left
+
+
+def _error(message: str) -> int:
+    _say(f"{_PROG} audit: error: {message}")
     return 2
 
 
-def _write(text: str) -> None:
+def _deliver(text: str, output: str | None) -> str | None:
+    """Write the report to ``output`` or standard output; the problem, if it fails."""
+    if output is not None:
+        return _write_file(text, output)
+    stream = sys.stdout
+    if stream is None or stream.closed:
+        return "standard output is closed; give --output FILE, or leave stdout open"
     try:
-        sys.stdout.write(text)
-        sys.stdout.flush()
+        stream.write(text)
+        stream.flush()
     except BrokenPipeError:
-        # The reader went away (e.g. `| head`); silence the flush at exit.
+        # The reader went away (e.g. `| head`): it chose to stop reading; no error.
+        _silence_stdout()
+    except OSError as exc:  # a full disk (/dev/full), a lost terminal
+        _silence_stdout()
+        return (
+            f"cannot write the report to standard output ({exc.strerror or exc}); "
+            "free some space or write it elsewhere with --output FILE"
+        )
+    return None
+
+
+def _silence_stdout() -> None:
+    # What is still buffered would fail again when Python flushes stdout at exit, with
+    # a message of its own: point the descriptor at /dev/null first.
+    try:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+def _write_file(text: str, output: str) -> str | None:
+    if os.path.isdir(output):
+        return f"--output {output!r} is a directory; name a file, e.g. {output}/report.html"
+    # Written beside the target and renamed over it: a failed write leaves no half report.
+    partial = f"{output}.partial"
+    try:
+        with open(partial, "w", encoding="utf-8") as file:
+            file.write(text)
+        os.replace(partial, output)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.remove(partial)
+        return f"cannot write --output {output!r} ({exc.strerror or exc}); check the path"
+    return None
 
 
 def _run_demo(argv: list[str], parser: argparse.ArgumentParser) -> int:
@@ -253,7 +355,7 @@ def _exit_status(exc: SystemExit) -> int:
     """The status ``exc`` would exit with; a message is printed as Python would."""
     if exc.code is None or isinstance(exc.code, int):
         return exc.code or 0
-    print(exc.code, file=sys.stderr)
+    _say(str(exc.code))
     return 1
 
 

@@ -417,3 +417,74 @@ def test_python_m_gradguard_runs_the_audit_quietly_off_a_terminal(log: Path) -> 
     assert b"TOTAL" in proc.stdout
     assert proc.stderr.startswith(b"gradguard audit: failing (--fail-on): leaks: 1 leak(s)")
     assert b"\r" not in proc.stderr  # no progress line
+
+
+# --- the table's width and columns ------------------------------------------------------------
+
+
+def test_the_default_table_fits_120_columns(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    targets = ("encoder.forward.layer_stack", "decoder.generate", "m" * 80)
+    events = list(random_calls(3000, seed=3, targets=targets))
+    log = write_log(tmp_path / "run.jsonl", [*events, *(call(status="error") for _ in range(9))])
+    code, out, _ = run(["audit", str(log)], capsys)
+    assert code == 0
+    assert max(len(line) for line in out.splitlines()) <= 120, out
+    header = next(line for line in out.splitlines() if line.startswith("target"))
+    assert header.split()[1:4] == ["calls", "errors", "fallbacks"]
+    assert "gpu p95" in header and "ranks" in header
+    assert "m" * 80 not in out  # shortened in the middle, not cut off
+    code, wide, _ = run(["audit", "--wide", str(log)], capsys)
+    assert "m" * 80 in wide
+    assert max(len(line) for line in wide.splitlines()) > 120
+
+
+def test_columns_that_are_empty_everywhere_are_left_out(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log = write_log(tmp_path / "cpu.jsonl", [call(), call(wall_ms=3.0)])  # no gpu_ms, no rank
+    _, out, _ = run(["audit", str(log)], capsys)
+    header = next(line for line in out.splitlines() if line.startswith("target"))
+    assert "gpu" not in header and "ranks" not in header
+    assert "wall p95" in header and "mem max" in header
+    _, wide, _ = run(["audit", "--wide", str(log)], capsys)
+    header = next(line for line in wide.splitlines() if line.startswith("target"))
+    for name in ("gpu p50", "gpu max", "devices", "ranks", "inference", "no_grad"):
+        assert name in header
+
+
+def test_columns_picks_and_orders_the_table(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log = write_log(tmp_path / "cpu.jsonl", [call(), call()])
+    code, out, _ = run(["audit", "--columns", "wall-max,calls,gpu_p50", str(log)], capsys)
+    assert code == 0
+    header = next(line for line in out.splitlines() if line.startswith("target"))
+    assert header.split() == ["target", "wall", "max", "calls", "gpu", "p50"]
+    code, md, _ = run(["audit", "--format", "markdown", "--columns", "leaks", str(log)], capsys)
+    assert "| target | leaks |" in md
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--columns", "calls,speed"], "unknown column 'speed'"),
+        (["--columns", ","], "unknown column nothing"),
+        (["--columns", "calls", "--wide"], "not allowed with argument"),
+    ],
+)
+def test_bad_columns_are_usage_errors(
+    log: Path, argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run(["audit", *argv, str(log)], capsys)
+    assert code == 2
+    assert message in err
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    import gradguard
+
+    code, out, _ = run(["--version"], capsys)
+    assert code == 0
+    assert out.strip() == f"gradguard {gradguard.__version__}"

@@ -173,3 +173,56 @@ def test_every_example_is_run_by_a_test() -> None:
     for path in sorted((ROOT / "examples").rglob("*")):
         if path.suffix in (".py", ".sh") and not path.name.startswith("_"):
             assert path.name in tested, f"{path.relative_to(ROOT)} is run by no test"
+
+
+def _extras() -> dict[str, list[str]]:
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    extras: dict[str, list[str]] = project["optional-dependencies"]
+    return extras
+
+
+def _names(requirements: list[str]) -> set[str]:
+    return {re.split(r"[<>=\[ ]", r, maxsplit=1)[0] for r in requirements}
+
+
+def test_the_readme_demo_install_brings_numpy() -> None:
+    # torch 2.13 warns "Failed to initialize NumPy" at import where numpy is missing:
+    # the main job's install command must bring it.
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    command = re.search(r"Main job, the demo: `(pip install [^`]*)`", readme)
+    assert command is not None
+    extra = re.search(r'"\.\[(\w+)\]"', command.group(1))
+    assert extra is not None, command.group(1)
+    assert "numpy" in _names(_extras()[extra.group(1)])
+
+
+def test_the_examples_extra_brings_what_the_examples_import() -> None:
+    extras = _extras()
+    examples = _names(extras["examples"])
+    assert "transformers" in examples
+    assert "gradguard" in examples and "gradguard[demo]" in extras["examples"]
+    assert "torchvision" not in {n for reqs in extras.values() for n in _names(reqs)}
+
+
+def test_the_readme_says_how_to_run_every_example() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8").replace("\n  ", " ")
+    assert 'pip install -e ".[examples]"' in readme
+    for path in sorted((ROOT / "examples").glob("*")):
+        if path.suffix in (".py", ".sh") and not path.name.startswith("_"):
+            runner = "bash" if path.suffix == ".sh" else "python"
+            command = f"{runner} examples/{path.name}"
+            if path.name == "torchrun_ddp.py":
+                command = f"--nproc_per_node=2 examples/{path.name}"
+            assert command in readme, path.name
+
+
+def test_importing_torch_gives_no_numpy_warning() -> None:
+    result = subprocess.run(
+        [sys.executable, "-W", "always", "-c", "import torch"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "NumPy" not in result.stderr, result.stderr

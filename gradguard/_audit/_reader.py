@@ -17,7 +17,9 @@ from __future__ import annotations
 import glob
 import gzip
 import json
+import math
 import os
+import re
 import sys
 import time
 import zlib
@@ -26,14 +28,20 @@ from typing import IO, Any, Protocol, overload
 
 __all__ = [
     "CHUNK_BYTES",
+    "INT_MAX",
+    "INT_MIN",
     "JSON_BACKEND",
     "MAX_LINE_BYTES",
     "OVERSIZED_LINE",
     "InputError",
+    "NumberOutOfRange",
     "Progress",
+    "backends",
     "expand_inputs",
+    "has_suspect_number",
     "iter_line_batches",
     "loads",
+    "strict_loads",
     "total_size",
 ]
 
@@ -50,31 +58,126 @@ _GZIP_MAGIC = b"\x1f\x8b"
 _GLOB_CHARS = frozenset("*?[")
 
 
+INT_MIN, INT_MAX = -(1 << 63), (1 << 64) - 1
+"""The integers every backend keeps exactly (int64 and uint64 together)."""
+
+# A number that may break the rule below: 20 or more digits in a row (19 after a minus
+# sign), or an exponent of three digits or more. Only such a line needs the strict
+# decoder; digits inside a string match too, which costs a slower decode, not a wrong one.
+_SUSPECT_NUMBER = re.compile(rb"\d{20}|-\d{19}|[eE][+-]?\d{3}")
+
+
+class NumberOutOfRange(Exception):
+    """A line is JSON but holds an integer beyond 64 bits or a number beyond a double.
+
+    Deliberately not a ``ValueError``: such a line is skipped as ``invalid``, not as
+    ``not_json``.
+    """
+
+
 def _reject_constant(name: str) -> Any:
-    # json accepts NaN and Infinity, which are not JSON; orjson rejects them.
-    # Rejecting them here too makes both backends skip the same lines.
+    # json accepts NaN and Infinity, which are not JSON; orjson and msgspec reject them.
     msg = f"{name} is not valid JSON"
     raise ValueError(msg)
 
 
-def _make_loads() -> tuple[Callable[[bytes], Any], str]:
+def _int64(text: str) -> int:
+    # Checked on the text first: Python refuses to convert more than 4,300 digits.
+    if len(text) > 21:
+        raise NumberOutOfRange(text[:20] + "...")
+    value = int(text)
+    if not INT_MIN <= value <= INT_MAX:
+        raise NumberOutOfRange(text)
+    return value
+
+
+def _double(text: str) -> float:
+    value = float(text)
+    if value in (math.inf, -math.inf):
+        raise NumberOutOfRange(text[:20])
+    return value
+
+
+_strict_decode = json.JSONDecoder(
+    parse_constant=_reject_constant, parse_int=_int64, parse_float=_double
+).decode
+
+
+def strict_loads(line: bytes) -> Any:
+    """Decode ``line`` by gradguard's rule for every backend, with the standard library.
+
+    The rule: strict JSON (no NaN, Infinity or -Infinity), every integer within 64 bits
+    (``INT_MIN`` to ``INT_MAX``) and every number within a double's range.
+
+    Raises:
+        ValueError: the line is not JSON (it is skipped as ``not_json``).
+        NumberOutOfRange: it is JSON that breaks the rule (skipped as ``invalid``).
+    """
+    return _strict_decode(line.decode("utf-8"))
+
+
+def _checked(decode: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    """``decode``, except that a line with a suspect number goes to :func:`strict_loads`."""
+    suspect = _SUSPECT_NUMBER.search
+
+    def loads(line: bytes) -> Any:
+        if suspect(line):
+            return strict_loads(line)
+        return decode(line)
+
+    return loads
+
+
+def has_suspect_number(data: bytes) -> bool:
+    """Whether ``data`` (one line or a whole block) may hold a number :func:`loads` rejects."""
+    return _SUSPECT_NUMBER.search(data) is not None
+
+
+def backends() -> dict[str, Callable[[bytes], Any]]:
+    """Every installed line decoder by name, each following :func:`strict_loads`' rule.
+
+    The collector uses the first; the tests compare them all.
+    """
+    found: dict[str, Callable[[bytes], Any]] = {}
     try:
         import orjson
     except ImportError:
-        decode = json.JSONDecoder(parse_constant=_reject_constant).decode
+        pass
+    else:
+        found["orjson"] = _checked(orjson.loads)
+    plain = json.JSONDecoder(parse_constant=_reject_constant).decode
 
-        def loads(line: bytes) -> Any:
-            return decode(line.decode("utf-8"))
+    def stdlib(line: bytes) -> Any:
+        return plain(line.decode("utf-8"))
 
-        return loads, "json"
-    return orjson.loads, "orjson"
+    found["json"] = _checked(stdlib)
+    return found
 
+
+def _make_loads() -> tuple[Callable[[bytes], Any], str]:
+    name, decode = next(iter(backends().items()))
+    return decode, name
+
+
+def _make_fast_loads() -> Callable[[bytes], Any]:
+    try:
+        import orjson
+    except ImportError:
+        plain = json.JSONDecoder(parse_constant=_reject_constant).decode
+        return lambda line: plain(line.decode("utf-8"))
+    return orjson.loads
+
+
+fast_loads = _make_fast_loads()
+""":data:`loads` without the number check: only for lines :func:`has_suspect_number` cleared."""
 
 loads, JSON_BACKEND = _make_loads()
 """Decode one JSON document from bytes; ``JSON_BACKEND`` is "orjson" or "json".
 
-Both raise ``ValueError`` (or ``RecursionError`` for absurd nesting with json)
-on anything that is not JSON.
+Both follow one rule (see :func:`strict_loads`): they raise ``ValueError`` (or
+``RecursionError`` for absurd nesting with json) on anything that is not JSON, and
+:class:`NumberOutOfRange` on JSON with an integer beyond 64 bits or a number beyond
+a double's range.
 """
 
 
@@ -92,7 +195,7 @@ class InputError(Exception):
 
 
 def expand_inputs(patterns: Sequence[str]) -> list[str]:
-    """Expand files and glob patterns into a list of paths, in order, without repeats.
+    """Expand files and glob patterns into a list of paths, in order, each file once.
 
     ``-`` stands for standard input. A name that exists is taken literally,
     even if it contains glob characters; otherwise a pattern with ``*``, ``?``
@@ -102,7 +205,7 @@ def expand_inputs(patterns: Sequence[str]) -> list[str]:
         InputError: a file is missing, is a directory, or a glob matches nothing.
     """
     paths: list[str] = []
-    seen: set[str] = set()
+    seen: set[object] = set()
     for pattern in patterns:
         if pattern == "-" or os.path.isfile(pattern):
             matches = [pattern]
@@ -121,10 +224,23 @@ def expand_inputs(patterns: Sequence[str]) -> list[str]:
             msg = f"no such file: {pattern!r}; check the path, or pass - to read standard input"
             raise InputError(msg)
         for path in matches:
-            if path not in seen:
-                seen.add(path)
+            # The same file reached twice (a symlink, a loop that ** follows down to
+            # the system's limit, ./a and a) is read once, under its first name.
+            identity = _identity(path)
+            if identity not in seen:
+                seen.add(identity)
                 paths.append(path)
     return paths
+
+
+def _identity(path: str) -> object:
+    if path == "-":
+        return path
+    try:
+        info = os.stat(path)
+    except OSError:
+        return os.path.abspath(path)  # opening it will say what is wrong
+    return (info.st_dev, info.st_ino)
 
 
 class Progress:
@@ -207,6 +323,9 @@ def total_size(paths: Sequence[str]) -> int | None:
 def _open(path: str) -> tuple[_Readable, IO[bytes]]:
     """Open ``path`` for binary reading; returns (decoded stream, raw stream)."""
     if path == "-":
+        if sys.stdin is None or sys.stdin.closed:
+            msg = "standard input is closed; pass the log files by name, or pipe them to -"
+            raise InputError(msg)
         raw: IO[bytes] = sys.stdin.buffer
         head = raw.peek(2)[:2] if hasattr(raw, "peek") else b""
     else:

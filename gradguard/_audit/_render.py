@@ -53,8 +53,9 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
-from typing import Any
+import re
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 from gradguard._audit._summary import (
     Change,
@@ -66,7 +67,19 @@ from gradguard._audit._summary import (
     Summary,
 )
 
-__all__ = ["JSON_SCHEMA_VERSION", "render", "to_json_dict"]
+__all__ = [
+    "COLUMNS",
+    "COLUMN_NAMES",
+    "DEFAULT_COLUMNS",
+    "JSON_SCHEMA_VERSION",
+    "Column",
+    "clean",
+    "compare_rows",
+    "format_bytes",
+    "render",
+    "table_rows",
+    "to_json_dict",
+]
 
 JSON_SCHEMA_VERSION = 1
 FORMATS = ("table", "json", "markdown")
@@ -77,12 +90,21 @@ def render(
     summary: Summary,
     comparison: Comparison | None = None,
     fail_on: FailOnResult | None = None,
+    *,
+    columns: Sequence[str] | None = None,
 ) -> str:
-    """Render in ``fmt`` ("table", "json" or "markdown"); the text ends with a newline."""
+    """Render in ``fmt`` ("table", "json" or "markdown"); the text ends with a newline.
+
+    ``columns`` picks the table's columns by name (see :data:`COLUMN_NAMES`); by default
+    the narrow set :data:`DEFAULT_COLUMNS`, less the columns with no value in any row.
+    Control characters in names are escaped, so a log cannot forge a row or drive the
+    terminal.
+    """
     if fmt == "json":
         return json.dumps(to_json_dict(summary, comparison, fail_on), indent=2) + "\n"
     if fmt in ("table", "markdown"):
-        return _Text(markdown=fmt == "markdown").report(summary, comparison, fail_on)
+        text = _Text(markdown=fmt == "markdown", columns=columns)
+        return text.report(summary, comparison, fail_on)
     msg = f"format must be one of {', '.join(FORMATS)}; got {fmt!r}"
     raise ValueError(msg)
 
@@ -216,7 +238,8 @@ def _ms(x: float | None) -> str:
     return f"{x:.3g}"
 
 
-def _bytes(x: float | None) -> str:
+def format_bytes(x: float | None) -> str:
+    """``x`` bytes in a unit that keeps it readable: "48 B", "12.0 KiB"; "-" for None."""
     if x is None:
         return "-"
     for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
@@ -224,6 +247,9 @@ def _bytes(x: float | None) -> str:
             return f"{x:.0f} {unit}" if unit == "B" else f"{x:.1f} {unit}"
         x /= 1024
     raise AssertionError  # pragma: no cover - the loop always returns
+
+
+_bytes = format_bytes
 
 
 def _duration(seconds: float | None) -> str:
@@ -262,12 +288,12 @@ def _devices(devices: Sequence[str]) -> str:
     if not devices:
         return "-"
     if len(devices) <= 3:
-        return ",".join(devices)
-    return f"{','.join(devices[:2])},+{len(devices) - 2}"
+        return clean(",".join(devices))
+    return clean(f"{','.join(devices[:2])},+{len(devices) - 2}")
 
 
 def _key(key: GroupKey) -> str:
-    return "(none)" if key is None else str(key)
+    return "(none)" if key is None else clean(str(key))
 
 
 def _pct(change: float | None) -> str:
@@ -278,47 +304,143 @@ def _pct(change: float | None) -> str:
     return f"{change:+.1%}"
 
 
-_COLUMNS = (
-    "calls", "errors", "inference", "no_grad", "fallbacks", "grad", "leaks",
-    "wall p50", "wall p95", "wall p99", "wall max", "gpu p50", "gpu p95", "gpu max",
-    "mem p95", "mem max", "devices", "ranks",
+class Column(NamedTuple):
+    """One column of the per-group table: its ``--columns`` name, header and cell."""
+
+    name: str
+    header: str
+    cell: Callable[[GroupSummary], str]
+
+
+def _stat(measure: str, name: str, fmt: Callable[[float | None], str]) -> Callable[..., str]:
+    def cell(g: GroupSummary) -> str:
+        stats: Stats | None = getattr(g, measure)
+        return fmt(None if stats is None else float(getattr(stats, name)))
+
+    return cell
+
+
+COLUMNS: tuple[Column, ...] = (
+    Column("calls", "calls", lambda g: _count(g.calls)),
+    Column("errors", "errors", lambda g: _count(g.errors)),
+    Column("inference", "inference", lambda g: _count(g.inference)),
+    Column("no_grad", "no_grad", lambda g: _count(g.no_grad)),
+    Column("fallbacks", "fallbacks", lambda g: _count(g.fallbacks)),
+    Column("grad", "grad", lambda g: _count(g.grad_calls)),
+    Column("leaks", "leaks", lambda g: _count(g.leaks)),
+    Column("wall_p50", "wall p50", _stat("wall_ms", "p50", _ms)),
+    Column("wall_p95", "wall p95", _stat("wall_ms", "p95", _ms)),
+    Column("wall_p99", "wall p99", _stat("wall_ms", "p99", _ms)),
+    Column("wall_max", "wall max", _stat("wall_ms", "max", _ms)),
+    Column("gpu_p50", "gpu p50", _stat("gpu_ms", "p50", _ms)),
+    Column("gpu_p95", "gpu p95", _stat("gpu_ms", "p95", _ms)),
+    Column("gpu_max", "gpu max", _stat("gpu_ms", "max", _ms)),
+    Column("mem_p95", "mem p95", _stat("mem_peak_bytes", "p95", _bytes)),
+    Column("mem_max", "mem max", _stat("mem_peak_bytes", "max", _bytes)),
+    Column("devices", "devices", lambda g: _devices(g.devices)),
+    Column("ranks", "ranks", lambda g: _ranges(g.ranks)),
+)
+"""Every column, in table order; ``--wide`` shows them all."""
+
+COLUMN_NAMES = tuple(c.name for c in COLUMNS)
+
+DEFAULT_COLUMNS = (
+    "calls", "errors", "fallbacks", "grad", "leaks", "wall_p50", "wall_p95", "gpu_p95",
+    "mem_max", "ranks",
 )  # fmt: skip
+"""The default table's columns, less those with no value in any row: under 120 characters
+wide with counts below ten million (longer keys are shortened to 32 characters)."""
+
+_KEY_WIDTH = 32  # longer keys are shortened in the middle in the default table
 
 
-def _get(stats: Stats | None, name: str) -> float | None:
-    return None if stats is None else float(getattr(stats, name))
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
-def _row(name: str, g: GroupSummary) -> list[str]:
-    w, gpu, mem = g.wall_ms, g.gpu_ms, g.mem_peak_bytes
-    return [
-        name,
-        _count(g.calls),
-        _count(g.errors),
-        _count(g.inference),
-        _count(g.no_grad),
-        _count(g.fallbacks),
-        _count(g.grad_calls),
-        _count(g.leaks),
-        _ms(_get(w, "p50")),
-        _ms(_get(w, "p95")),
-        _ms(_get(w, "p99")),
-        _ms(_get(w, "max")),
-        _ms(_get(gpu, "p50")),
-        _ms(_get(gpu, "p95")),
-        _ms(_get(gpu, "max")),
-        _bytes(_get(mem, "p95")),
-        _bytes(_get(mem, "max")),
-        _devices(g.devices),
-        _ranges(g.ranks),
-    ]
+def _control(match: re.Match[str]) -> str:
+    char = match.group()
+    code = ord(char)
+    if char in _ESCAPES:
+        return _ESCAPES[char]
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+# C0 and C1 controls, DEL, and the Unicode line and paragraph separators: each would
+# move the cursor, ring a bell, recolour the terminal or start a new table row.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def clean(text: str) -> str:
+    """``text`` with every control character written as an escape (``\\x1b``, ``\\n``)."""
+    return _CONTROL.sub(_control, text)
+
+
+def _shorten(text: str, width: int) -> str:
+    if len(text) <= width:
+        return text
+    head = (width - 1) // 2
+    return f"{text[:head]}~{text[len(text) - (width - 1 - head) :]}"
+
+
+def _pick_columns(
+    groups: Sequence[GroupSummary], names: Sequence[str] | None
+) -> tuple[list[Column], bool]:
+    """The columns to draw, and whether they are the default (empty ones dropped)."""
+    by_name = {c.name: c for c in COLUMNS}
+    if names is not None:
+        unknown = [n for n in names if n not in by_name]
+        if unknown:
+            msg = f"unknown column {unknown[0]!r}; choose from {','.join(COLUMN_NAMES)}"
+            raise ValueError(msg)
+        return [by_name[n] for n in names], False
+    chosen = []
+    for name in DEFAULT_COLUMNS:
+        column = by_name[name]
+        if any(column.cell(g) != "-" for g in groups):
+            chosen.append(column)
+    return chosen, True
+
+
+def table_rows(
+    summary: Summary, columns: Sequence[str] | None = None, *, shorten: bool = False
+) -> tuple[list[str], list[list[str]]]:
+    """The per-group table as a header and rows of cells, the totals last."""
+    groups = [*summary.groups, summary.totals]
+    chosen, default = _pick_columns(groups, columns)
+    names = [_key(g.key) for g in summary.groups]
+    if default and shorten:
+        names = [_shorten(n, _KEY_WIDTH) for n in names]
+    names.append("TOTAL")
+    rows = [[n, *(c.cell(g) for c in chosen)] for n, g in zip(names, groups, strict=True)]
+    return [summary.by, *(c.header for c in chosen)], rows
+
+
+def compare_rows(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
+    """The comparison with the baseline as a header and rows of cells."""
+    rows = []
+    for c in comparison.changes:
+        b, n = c.baseline, c.current
+        rows.append([
+            _key(c.key),
+            c.status.upper() if c.status == "regressed" else c.status,
+            _ms(b.wall_ms.p95 if b and b.wall_ms else None),
+            _ms(n.wall_ms.p95 if n and n.wall_ms else None),
+            _pct(c.wall_p95_change) + (" !" if "wall_ms.p95" in c.flags else ""),
+            _bytes(b.mem_peak_bytes.max if b and b.mem_peak_bytes else None),
+            _bytes(n.mem_peak_bytes.max if n and n.mem_peak_bytes else None),
+            _pct(c.mem_max_change) + (" !" if "mem_peak_bytes.max" in c.flags else ""),
+        ])  # fmt: skip
+    header = [comparison.baseline.by, "status", "wall p95 before", "after", "change",
+              "mem max before", "after", "change"]  # fmt: skip
+    return header, rows
 
 
 class _Text:
     """Builds the table or Markdown report; the two differ only in how a table is drawn."""
 
-    def __init__(self, markdown: bool) -> None:
+    def __init__(self, *, markdown: bool, columns: Sequence[str] | None = None) -> None:
         self.markdown = markdown
+        self.columns = columns
 
     def table(self, header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
         """Draw rows under a header: aligned columns, or a Markdown pipe table."""
@@ -350,7 +472,7 @@ class _Text:
         out = ["# gradguard audit", ""] if self.markdown else []
         out += [
             f"{bullet}inputs: {source}, grouped by {summary.by}",
-            f"{bullet}span: {summary.first or '-'} to {summary.last or '-'} "
+            f"{bullet}span: {clean(summary.first or '-')} to {clean(summary.last or '-')} "
             f"({_duration(summary.span_seconds)})",
             f"{bullet}events: {_plural(t.calls, 'call')}, {_plural(t.leaks, 'leak')}; "
             f"skipped {_plural(summary.skipped, 'line')} ({reasons})",
@@ -358,9 +480,7 @@ class _Text:
             f"{summary.relative_accuracy:.0%}",
             "",
         ]
-        rows = [_row(_key(g.key), g) for g in summary.groups]
-        rows.append(_row("TOTAL", t))
-        out += self.table([summary.by, *_COLUMNS], rows)
+        out += self.table(*table_rows(summary, self.columns, shorten=not self.markdown))
         if comparison is not None:
             out += ["", *self._compare(comparison)]
         if fail_on is not None:
@@ -373,22 +493,7 @@ class _Text:
             f"compare with baseline ({_plural(len(base.files), 'file')}, "
             f"{_plural(base.totals.calls, 'call')}), threshold {comparison.threshold * 100:g}%"
         )
-        rows = []
-        for c in comparison.changes:
-            b, n = c.baseline, c.current
-            rows.append([
-                _key(c.key),
-                c.status.upper() if c.status == "regressed" else c.status,
-                _ms(b.wall_ms.p95 if b and b.wall_ms else None),
-                _ms(n.wall_ms.p95 if n and n.wall_ms else None),
-                _pct(c.wall_p95_change) + (" !" if "wall_ms.p95" in c.flags else ""),
-                _bytes(b.mem_peak_bytes.max if b and b.mem_peak_bytes else None),
-                _bytes(n.mem_peak_bytes.max if n and n.mem_peak_bytes else None),
-                _pct(c.mem_max_change) + (" !" if "mem_peak_bytes.max" in c.flags else ""),
-            ])  # fmt: skip
-        header = [base.by, "status", "wall p95 before", "after", "change",
-                  "mem max before", "after", "change"]  # fmt: skip
-        out += self.table(header, rows)
+        out += self.table(*compare_rows(comparison))
         counts = {s: len(comparison.keys(s)) for s in ("regressed", "new", "vanished")}
         out += ["", ", ".join(f"{v} {k}" for k, v in counts.items())]
         return out

@@ -155,6 +155,20 @@ class LogSketch:
         self.flush()
         return len(self._bins) + (1 if self._zeros else 0)
 
+    def buckets(self) -> list[tuple[float, float, int]]:
+        """Occupied buckets as ``(lower, upper, count)``, in order of value.
+
+        Zeros come first as ``(0, MIN_INDEXABLE, n)``. What a histogram of the values
+        needs, within the sketch's relative accuracy.
+        """
+        self.flush()
+        gamma = math.exp(self._log_gamma)
+        out = [(0.0, MIN_INDEXABLE, self._zeros)] if self._zeros else []
+        for index in sorted(self._bins):
+            upper = math.exp(index * self._log_gamma)
+            out.append((upper / gamma, upper, self._bins[index]))
+        return out
+
     def quantile(self, q: float) -> float | None:
         """Estimate the ``q``-quantile (0 <= q <= 1), or None when empty."""
         if not 0.0 <= q <= 1.0:

@@ -38,6 +38,7 @@ __all__ = [
     "check_fail_on",
     "compare",
     "summarize",
+    "valid_timestamp",
 ]
 
 GroupBy = Literal["target", "rank", "host", "device"]
@@ -73,9 +74,8 @@ _OPTIONAL_DEFAULTS: dict[str, Any] = {
     "training_modules": 0,
 }
 _ISO_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,9})?(?:Z|\+00:00)")
-# The integers the line-by-line decoder (orjson) keeps as ints; beyond, it gives floats,
-# which fail the exact path's type checks, while msgspec keeps them as ints.
-_INT_MIN, _INT_MAX = -(1 << 63), (1 << 64) - 1
+# Every backend skips a line with an integer beyond these (see _reader.strict_loads).
+_INT_MIN, _INT_MAX = _reader.INT_MIN, _reader.INT_MAX
 _FLUSH_EVERY = 1 << 16  # lines between folds of all buffers: at most 1.5 MB of doubles
 
 
@@ -209,6 +209,17 @@ class Summary:
         return None
 
 
+def valid_timestamp(ts: str) -> bool:
+    """Whether ``ts`` is an ISO 8601 UTC time of a real date ("2026-13-45..." is not)."""
+    if not _ISO_UTC.fullmatch(ts):
+        return False
+    try:
+        _parse_utc(ts)
+    except ValueError:  # month 13, day 45, hour 25, year 0
+        return False
+    return True
+
+
 def _parse_utc(ts: str) -> datetime:
     # fromisoformat on Python 3.10 takes neither "Z" nor 9 fraction digits.
     head, _, frac = ts.replace("Z", "+00:00").partition(".")
@@ -275,7 +286,12 @@ class Collector:
             if records is not None:
                 self._feed_typed(records, lines)
                 return
-        loads = _reader.loads if loads is None else loads
+        if loads is None:
+            # One scan of a block read whole clears all its lines of numbers that break
+            # the rule; otherwise each line is checked as it is decoded.
+            whole = isinstance(lines, _reader.Lines) and not _reader.has_suspect_number(lines.data)
+            loads = _reader.fast_loads if whole else _reader.loads
+        out_of_range = _reader.NumberOutOfRange
         groups = self._groups
         new_group = self._group
         pick = self._pick
@@ -301,6 +317,9 @@ class Collector:
                 (event, schema, target, wall, status, mode, fallback, gpu, mem, device, rank,
                  ts, grad, training, key) = fields
                 # fmt: on
+            except out_of_range:
+                invalid += 1
+                continue
             except (ValueError, TypeError, RecursionError):
                 # TypeError: valid JSON that is not an object ([], "x", 1, null).
                 if line.strip():
@@ -480,9 +499,9 @@ class Collector:
         timestamps = self._timestamps
         if timestamps:
             lo, hi = min(timestamps), max(timestamps)
-            if not (_ISO_UTC.fullmatch(lo) and _ISO_UTC.fullmatch(hi)):
+            if not (valid_timestamp(lo) and valid_timestamp(hi)):
                 # Rare: a malformed timestamp is an extreme; keep only good ones.
-                good = [t for t in timestamps if _ISO_UTC.fullmatch(t)]
+                good = [t for t in timestamps if valid_timestamp(t)]
                 lo, hi = (min(good), max(good)) if good else (self._first, self._last)
             self._first = min(self._first, lo)
             self._last = max(self._last, hi)
@@ -492,6 +511,25 @@ class Collector:
             self._pending = 0
             for g in self._groups.values():
                 g.flush()
+
+    def merge(self, other: Collector) -> None:
+        """Take in everything ``other`` (same ``by`` and accuracy) has collected."""
+        if other.by != self.by or other.alpha != self.alpha:
+            msg = f"cannot merge a collector by {other.by!r} into one by {self.by!r}"
+            raise ValueError(msg)
+        for key, group in other._groups.items():
+            mine = self._groups.get(key)
+            (self._group(key) if mine is None else mine).merge(group)
+        self._not_json += other._not_json
+        self._other += other._other
+        self._invalid += other._invalid
+        self._first = min(self._first, other._first)
+        self._last = max(self._last, other._last)
+
+    def wall_buckets(self, key: GroupKey) -> list[tuple[float, float, int]]:
+        """The wall-time histogram of group ``key`` (see ``LogSketch.buckets``); [] if none."""
+        group = self._groups.get(key)
+        return [] if group is None else group.wall.buckets()
 
     def summary(self, files: Sequence[str] = ()) -> Summary:
         """Finish: per-group summaries sorted by key, totals, span and skip counts."""

@@ -15,7 +15,7 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ._reader import Lines
+from ._reader import Lines, has_suspect_number
 
 _NOT_AN_OBJECT_LINE = re.compile(rb"\n[^{]")
 
@@ -58,9 +58,14 @@ def batch_decoder() -> Callable[[Sequence[bytes]], list[Any] | None] | None:
         # cheap to rule out for a whole batch: it skips blank lines and reads two objects
         # on one line (records would no longer match lines), and does not check the
         # UTF-8 of a field it skips; a line that is not an object is the exact path's.
-        # (A number beyond a double's range in a field the audit does not read, 1e999,
-        # is read as it is by the stdlib's json too: such a line is not skipped.)
-        if data[:1] != b"{" or data.endswith(b"\n") or _NOT_AN_OBJECT_LINE.search(data):
+        # Nor does it apply the rule on numbers to a field it skips (an integer beyond 64
+        # bits, 1e999): a batch that may hold one goes line by line.
+        if (
+            data[:1] != b"{"
+            or data.endswith(b"\n")
+            or _NOT_AN_OBJECT_LINE.search(data)
+            or has_suspect_number(data)
+        ):
             return None
         try:
             if not data.isascii():
