@@ -210,10 +210,14 @@ def _run_check_export(args: argparse.Namespace) -> int:
         print(f"{prefix}: error: {exc}", file=sys.stderr)
         return 2
     if not findings:
-        _write(f"{args.program}: no node behaves as in training\n")
-        return 0
-    _write(f"{args.program}: {len(findings)} node(s) behave as in training\n{findings}\n")
-    return 1
+        text = f"{args.program}: no node behaves as in training\n"
+    else:
+        text = f"{args.program}: {len(findings)} node(s) behave as in training\n{findings}\n"
+    problem = _deliver(text, None)
+    if problem is not None:
+        print(f"{prefix}: error: {problem}", file=sys.stderr)
+        return 2
+    return 1 if findings else 0
 
 
 def _run_audit(args: argparse.Namespace) -> int:

@@ -31,7 +31,7 @@ from __future__ import annotations
 import sys
 import threading
 import types
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from torch import nn
@@ -41,10 +41,11 @@ from . import _hooks
 __all__ = [
     "FULLGRAPH_MESSAGE",
     "is_compiled",
-    "mark_entries",
+    "own_functions",
     "prepare",
     "prepare_now",
     "quiet_call",
+    "register",
     "traced_entry",
 ]
 
@@ -60,27 +61,44 @@ _lock = threading.Lock()
 _prepared: set[str] = set()  # the gradguard modules whose code dynamo has been told about
 
 
-def _entry_points() -> list[Any]:
-    """Functions through which a guarded call reaches the user's code: dynamo must
-    compile what they call, not them."""
-    from . import _decorate, _proxy, _steps, _target
+class _Registry:
+    """What the modules that own the entry points tell this one when they load: the
+    functions, what to do once prepared, and the proxy class (pushed, not pulled, so that
+    this module imports none of them)."""
 
-    functions: list[Any] = [
-        _proxy.GuardedModule.__call__,
-        _proxy.GuardedModule.forward,
-        _proxy._GuardedMethod.__call__,
-        _decorate._DirectGuardedFunction.__call__,
-        _target.Target.call,
-        _target.Target._run,
-        _target.Target.run_step,
-    ]
-    # Generators and coroutines: each resume of the body goes through these.
-    for value in vars(_steps).values():
-        functions.extend(_own_functions(value, _steps.__name__))
-    return functions
+    def __init__(self) -> None:
+        self.entries: list[Any] = []
+        self.on_prepared: list[Callable[[], None]] = []
+        self.proxy_classes: tuple[type, ...] = ()
 
 
-def _own_functions(value: Any, module: str) -> Iterator[Any]:
+_registry = _Registry()
+
+
+def register(
+    entries: Iterable[Any],
+    on_prepared: Callable[[], None],
+    proxy_class: type | None = None,
+) -> None:
+    """Record entry points (functions through which a guarded call reaches the user's
+    code: dynamo must compile what they call, not them) and mark them as
+    ``torch.compiler.disable``d for code dynamo traces: a guarded call inside compiled code
+    is a graph break, never traced into, and under ``fullgraph=True`` the error says what
+    to do. Plain attributes, read by dynamo with ``inspect.getattr_static``: no dynamo
+    import. ``on_prepared`` runs once ``prepare`` has (at once if it already has)."""
+    for function in entries:
+        function._torchdynamo_disable = True
+        function._torchdynamo_disable_msg = FULLGRAPH_MESSAGE
+        _registry.entries.append(function)
+    if proxy_class is not None:
+        _registry.proxy_classes += (proxy_class,)
+    _registry.on_prepared.append(on_prepared)
+    if _prepared:
+        prepare()  # the new module's code too
+        on_prepared()
+
+
+def own_functions(value: Any, module: str) -> Iterator[Any]:
     """The functions ``value`` defines in ``module``: itself, or a class's methods."""
     if isinstance(value, types.FunctionType) and value.__module__ == module:
         yield value
@@ -120,11 +138,11 @@ def prepare() -> None:
             from torch._C._dynamo.eval_frame import set_code_exec_strategy
         except ImportError:  # an older torch: no per-code strategies to set
             _prepared.update(loaded)
-            _calls_check(False)
+            _done()
             return
         if not _prepared:
             _watch_compile_wrappers()
-        entry_codes = {f.__code__ for f in _entry_points()}
+        entry_codes = {f.__code__ for f in _registry.entries}
         below_compiled = FrameExecStrategy(FrameAction.SKIP, FrameAction.DEFAULT)
         all_eager = FrameExecStrategy(FrameAction.SKIP, FrameAction.SKIP)
         for name in loaded:
@@ -134,19 +152,17 @@ def prepare() -> None:
             if module is None:
                 continue
             for value in list(vars(module).values()):
-                for function in _own_functions(value, name):
+                for function in own_functions(value, name):
                     for code in _codes(function.__code__):
                         strategy = below_compiled if code in entry_codes else all_eager
                         set_code_exec_strategy(code, strategy)
             _prepared.add(name)
-        _calls_check(False)
+        _done()
 
 
-def _calls_check(check: bool) -> None:
-    """Whether guarded calls look for torch.compile in use (until ``prepare`` has run)."""
-    from . import _decorate, _proxy
-
-    _decorate._unprepared = _proxy._unprepared = check
+def _done() -> None:
+    for callback in _registry.on_prepared:
+        callback()
 
 
 def prepare_now() -> None:
@@ -163,16 +179,6 @@ prepare_now._torchdynamo_disable = True  # type: ignore[attr-defined]
 prepare_now._torchdynamo_disable_msg = FULLGRAPH_MESSAGE  # type: ignore[attr-defined]
 
 
-def mark_entries() -> None:
-    """Mark the entry points as ``torch.compiler.disable``d for code dynamo traces: a
-    guarded call inside compiled code is a graph break, never traced into, and under
-    ``fullgraph=True`` the error says what to do. Plain attributes, read by dynamo with
-    ``inspect.getattr_static``: no dynamo import. Called when the modules load."""
-    for function in _entry_points():
-        function._torchdynamo_disable = True
-        function._torchdynamo_disable_msg = FULLGRAPH_MESSAGE
-
-
 def _watch_compile_wrappers() -> None:
     """Make ``torch.compile(guard(model))``'s wrapper quiet about gradguard's own hooks.
 
@@ -186,8 +192,6 @@ def _watch_compile_wrappers() -> None:
         from torch._dynamo.eval_frame import OptimizedModule, _set_in_optimized_module
     except ImportError:  # another torch: its wrapper stays as it is
         return
-
-    from ._proxy import GuardedModule
 
     module_call = nn.Module.__call__
 
@@ -205,7 +209,7 @@ def _watch_compile_wrappers() -> None:
 
     def registered(module: nn.Module, name: str, value: Any) -> None:
         is_wrapper = name == "_orig_mod" and type(module) is OptimizedModule
-        if is_wrapper and isinstance(value, GuardedModule):
+        if is_wrapper and isinstance(value, _registry.proxy_classes):
             module.__class__ = GuardedOptimizedModule
 
     nn.modules.module.register_module_module_registration_hook(registered)

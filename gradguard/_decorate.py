@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import wrapt
 
-from . import _compile
+from . import _compile, _steps
 from ._policy import Policy, make_policy
 from ._steps import async_generator_call, coroutine_call, generator_call
 from ._target import Target, module_finder, underlying
@@ -186,4 +186,20 @@ def infer(fn: Any = None, /, **options: Any) -> Any:
     return decorate(fn, policy)
 
 
-_compile.mark_entries()
+def _prepared() -> None:
+    global _unprepared
+    _unprepared = False
+
+
+# Generators and coroutines: each resume of the body goes through _steps' functions.
+_compile.register(
+    [
+        _DirectGuardedFunction.__call__,
+        *(
+            function
+            for value in list(vars(_steps).values())
+            for function in _compile.own_functions(value, _steps.__name__)
+        ),
+    ],
+    _prepared,
+)

@@ -280,4 +280,21 @@ def unguard(module: M, /) -> M:
     raise TypeError(msg)
 
 
-_compile.mark_entries()
+def _prepared() -> None:
+    global _unprepared
+    _unprepared = False
+
+
+_compile.register(
+    [
+        GuardedModule.__call__,
+        GuardedModule.forward,
+        _GuardedMethod.__call__,
+        # Every call, plain or made of steps, reaches the user's code through these.
+        Target.call,
+        Target._run,
+        Target.run_step,
+    ],
+    _prepared,
+    GuardedModule,
+)
