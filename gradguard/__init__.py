@@ -22,6 +22,7 @@ if TYPE_CHECKING:
         LeakWarning,
         TelemetryWarning,
     )
+    from ._export import ExportFinding, ExportFindings, check_export, export
     from ._leaks import Findings, check_module, watch_leaks
     from ._policy import Policy
     from ._proxy import GuardedModule, guard, unguard
@@ -31,6 +32,8 @@ if TYPE_CHECKING:
     from ._telemetry import flush
 
 __all__ = [
+    "ExportFinding",
+    "ExportFindings",
     "FallbackWarning",
     "Findings",
     "GradguardError",
@@ -45,9 +48,11 @@ __all__ = [
     "Settings",
     "TargetInfo",
     "TelemetryWarning",
+    "check_export",
     "check_module",
     "configure",
     "describe",
+    "export",
     "flush",
     "guard",
     "infer",
@@ -60,6 +65,8 @@ __all__ = [
 __version__ = "0.1.0.dev0"
 
 _WHERE = {
+    "ExportFinding": "._export",
+    "ExportFindings": "._export",
     "FallbackWarning": "._errors",
     "GradguardError": "._errors",
     "GradguardWarning": "._errors",
@@ -74,9 +81,11 @@ _WHERE = {
     "Settings": "._config",
     "TargetInfo": "._target",
     "TelemetryWarning": "._errors",
+    "check_export": "._export",
     "check_module": "._leaks",
     "configure": "._config",
     "describe": "._describe",
+    "export": "._export",
     "flush": "._telemetry",
     "guard": "._proxy",
     "infer": "._decorate",

@@ -1,7 +1,7 @@
-"""The ``gradguard`` command line: ``gradguard audit``, ``gradguard scan``, ``gradguard demo``.
+"""The ``gradguard`` command line: ``audit``, ``scan``, ``demo`` and ``check-export``.
 
-``audit`` reads gradguard's JSON-lines events and never imports torch; ``scan`` and
-``demo`` are loaded only when asked for.
+``audit`` reads gradguard's JSON-lines events and never imports torch; ``scan``, ``demo``
+and ``check-export`` are loaded only when asked for.
 
 Exit status: 0 when all went well, 1 when a ``--fail-on`` condition was found,
 2 on a usage error or an input that cannot be read.
@@ -189,7 +189,44 @@ def _build_parser() -> argparse.ArgumentParser:
         "SCRIPT [ARGS...] or gradguard scan [options] -m MODULE [ARGS...].",
     )
     scan.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS", help="see scan --help")
+    _add_check_export(sub)
     return parser
+
+
+def _add_check_export(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    check = sub.add_parser(
+        "check-export",
+        help="list the nodes of a torch.export program that behave as in training",
+        description="Read a program saved with torch.export.save and list its nodes that "
+        "behave as in training (dropout, batch norm in training form...): the model was "
+        "exported in training mode. Needs torch.",
+        epilog="exit status: 0 none found, 1 some found, 2 usage error or unreadable file.",
+    )
+    check.add_argument("program", metavar="PROGRAM_PT2", help="a .pt2 file from torch.export.save")
+    check.set_defaults(run=_run_check_export)
+
+
+def _run_check_export(args: argparse.Namespace) -> int:
+    prefix = f"{_PROG} check-export"
+    try:
+        from gradguard._export import check_export
+    except ImportError as exc:
+        print(f"{prefix}: error: it needs torch ({exc}): pip install gradguard", file=sys.stderr)
+        return 2
+    try:
+        findings = check_export(args.program)
+    except (OSError, ValueError) as exc:
+        print(f"{prefix}: error: {exc}", file=sys.stderr)
+        return 2
+    if not findings:
+        text = f"{args.program}: no node behaves as in training\n"
+    else:
+        text = f"{args.program}: {len(findings)} node(s) behave as in training\n{findings}\n"
+    problem = deliver(text, None)
+    if problem is not None:
+        print(f"{prefix}: error: {problem}", file=sys.stderr)
+        return 2
+    return 1 if findings else 0
 
 
 def _run_audit(args: argparse.Namespace) -> int:
@@ -300,6 +337,9 @@ def main(argv: list[str] | None = None) -> int:
         if argv[:1] == ["scan"]:  # the scanned program's own arguments follow
             return _run_scan(argv[1:], parser)
         args = parser.parse_args(argv)
+        if getattr(args, "run", None) is not None:
+            code: int = args.run(args)
+            return code
         if args.command != "audit":  # no command given ("demo", "scan" handled above)
             parser.print_help(sys.stderr)
             return 2

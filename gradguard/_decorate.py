@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import functools
 import inspect
+import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import wrapt
 
+from . import _compile, _steps
 from ._policy import Policy, make_policy
 from ._steps import async_generator_call, coroutine_call, generator_call
 from ._target import Target, module_finder, underlying
@@ -23,6 +25,11 @@ else:
     P = TypeVar("P")  # only type checkers need the ParamSpec
 
 R = TypeVar("R")
+
+# As in _proxy: until gradguard has told dynamo how to run its code, a call looks whether
+# torch.compile is in use.
+_unprepared = True
+_modules = sys.modules
 
 __all__ = ["GuardedFunction", "infer"]
 
@@ -44,6 +51,14 @@ class GuardedFunction(_FunctionWrapper):
         super().__init__(wrapped, wrapper)
         self._self_target = target
         self._self_run = wrapper
+
+    @property
+    def _torchdynamo_orig_callable(self) -> Any:
+        # Read by torch.compile on what it is given, and by nothing else: the moment to
+        # tell dynamo how to run gradguard's code (see _compile). The attribute itself
+        # does not exist.
+        _compile.prepare()
+        raise AttributeError("_torchdynamo_orig_callable")
 
     def __reduce_ex__(self, protocol: Any) -> str:
         # Pickled by reference, like the function it decorates (its module:qualname names
@@ -67,6 +82,8 @@ class _DirectGuardedFunction(GuardedFunction):
     """
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if _unprepared and "torch._dynamo" in _modules:
+            _compile.prepare_now()
         return self._self_run(self.__wrapped__, None, args, kwargs)
 
 
@@ -167,3 +184,22 @@ def infer(fn: Any = None, /, **options: Any) -> Any:
     if fn is None:
         return functools.partial(decorate, policy=policy)
     return decorate(fn, policy)
+
+
+def _prepared() -> None:
+    global _unprepared
+    _unprepared = False
+
+
+# Generators and coroutines: each resume of the body goes through _steps' functions.
+_compile.register(
+    [
+        _DirectGuardedFunction.__call__,
+        *(
+            function
+            for value in list(vars(_steps).values())
+            for function in _compile.own_functions(value, _steps.__name__)
+        ),
+    ],
+    _prepared,
+)

@@ -85,6 +85,11 @@ class GlobalHook:
         """Whether the hook is in torch's dict now."""
         return bool(self.watchers)
 
+    def owns(self, key: int) -> bool:
+        """Whether the entry ``key`` of torch's hook dict is this owner's hook."""
+        handle = self._handle
+        return handle is not None and handle.id == key
+
     def reset(self) -> None:
         """Remove every watcher and the hook (for tests)."""
         with self._lock:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import copy
+import sys
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import wrapt
 from torch import nn
 
+from . import _compile
 from ._policy import Policy, make_policy
 from ._target import ModuleFinder, Target, _unwrap, fixed_modules
 
@@ -20,6 +22,12 @@ if TYPE_CHECKING:
 __all__ = ["GuardedModule", "guard", "unguard"]
 
 M = TypeVar("M", bound=nn.Module)
+
+# Until gradguard has told dynamo how to run its code (_compile.prepare), a call looks
+# whether torch.compile is in use: a bool and, only while dynamo is loaded and nothing
+# has prepared yet, one dict lookup.
+_unprepared = True
+_modules = sys.modules
 
 # nn.Module methods that return the module itself: called through the proxy they return
 # the proxy, so `model = gradguard.guard(model).to(device)` keeps the guard.
@@ -75,9 +83,34 @@ class GuardedModule(_ObjectProxy):
         self._self_targets = {
             m: Target(f"{name}.{m}", "module", policy, (getattr(module, m),), find) for m in methods
         }
+        # What a call runs: the module, or for torch.compile(model)'s wrapper, the same
+        # call without torch's warning about gradguard's own global hooks.
+        self._self_run: Any = module
+        if _compile.is_compiled(module):
+            _compile.prepare()
+            if "_orig_mod" in module._modules:
+                self._self_run = _compile.quiet_call(module)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self._self_call.call(self.__wrapped__, None, args, kwargs)
+        if _unprepared and "torch._dynamo" in _modules:
+            _compile.prepare_now()
+        return self._self_call.call(self._self_run, None, args, kwargs)
+
+    @property
+    def _torchdynamo_orig_callable(self) -> Any:
+        # Read by torch.compile (and torch.compiler.disable) on what it is given, and by
+        # nothing else: the moment to tell dynamo how to run gradguard's code, and to give
+        # it a frame it compiles. A guard wraps nothing compiled: the attribute itself does
+        # not exist.
+        _compile.prepare()
+        if self._self_run is self.__wrapped__:
+            self._self_run = _compile.traced_entry(self.__wrapped__)
+        raise AttributeError("_torchdynamo_orig_callable")
+
+    def compile(self, *args: Any, **kwargs: Any) -> None:
+        """The module's ``compile()`` (compiles it in place); the guard stays around it."""
+        _compile.prepare()
+        self.__wrapped__.compile(*args, **kwargs)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """The module's ``forward``, guarded like a call."""
@@ -245,3 +278,23 @@ def unguard(module: M, /) -> M:
         f"{type(given).__name__}. A decorated function's original is its __wrapped__."
     )
     raise TypeError(msg)
+
+
+def _prepared() -> None:
+    global _unprepared
+    _unprepared = False
+
+
+_compile.register(
+    [
+        GuardedModule.__call__,
+        GuardedModule.forward,
+        _GuardedMethod.__call__,
+        # Every call, plain or made of steps, reaches the user's code through these.
+        Target.call,
+        Target._run,
+        Target.run_step,
+    ],
+    _prepared,
+    GuardedModule,
+)

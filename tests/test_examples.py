@@ -39,6 +39,11 @@ def test_quickstart_example_runs() -> None:
         ("bench_core.py", ("model.eval(); model.train()", "@torch.inference_mode()")),
         ("bench_telemetry.py", ("full event to a file", "@torch.inference_mode()")),
         ("bench_leaks.py", ("a gradguard-made tensor alive", "a global hook doing nothing")),
+        pytest.param(
+            "bench_compile.py",
+            ("torch.compile(gradguard.guard(model))", "bare torch.compile(model)"),
+            marks=pytest.mark.slow,  # compiles three times
+        ),
     ],
 )
 def test_benchmarks_run_at_a_tiny_size(script: str, expected: tuple[str, str]) -> None:
