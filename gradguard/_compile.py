@@ -261,20 +261,22 @@ def quiet_call(compiled: nn.Module) -> Any:
 
 _torch_module = nn.modules.module
 # torch's dicts of global hooks, changed in place by torch, so bound once: those gradguard
-# never installs into, and those it does, each with gradguard's owner of it.
+# never installs into, and those it may (a hook registered with always_call=True has an
+# entry in two of them).
 _OTHER_HOOKS: tuple[dict[Any, Any], ...] = tuple(
     getattr(_torch_module, name)
+    for name in ("_global_backward_pre_hooks", "_global_backward_hooks")
+    if hasattr(_torch_module, name)
+)
+_OWNED_HOOKS: tuple[dict[Any, Any], ...] = tuple(
+    getattr(_torch_module, name)
     for name in (
-        "_global_backward_pre_hooks",
-        "_global_backward_hooks",
+        "_global_forward_pre_hooks",
+        "_global_forward_hooks",
         "_global_forward_hooks_always_called",
         "_global_forward_hooks_with_kwargs",
     )
     if hasattr(_torch_module, name)
-)
-_OWNED_HOOKS = (
-    (_torch_module._global_forward_pre_hooks, _hooks.forward_pre_hooks),
-    (_torch_module._global_forward_hooks, _hooks.forward_hooks),
 )
 
 
@@ -283,7 +285,9 @@ def _only_gradguard_hooks() -> bool:
     for hooks in _OTHER_HOOKS:
         if hooks:
             return False
-    for hooks, owner in _OWNED_HOOKS:
-        if hooks and (len(hooks) > 1 or not owner.owns(next(iter(hooks)))):
-            return False
+    owned = _hooks.owned
+    for hooks in _OWNED_HOOKS:
+        for key in list(hooks):  # a copy: another thread may change the dict meanwhile
+            if not owned(key):
+                return False
     return True

@@ -133,3 +133,11 @@ forward_hooks = GlobalHook(nn.modules.module.register_module_forward_hook)
 forward_hooks_always = GlobalHook(
     functools.partial(nn.modules.module.register_module_forward_hook, always_call=True)
 )
+
+OWNERS: tuple[GlobalHook, ...] = (forward_pre_hooks, forward_hooks, forward_hooks_always)
+
+
+def owned(key: int) -> bool:
+    """Whether the entry ``key`` of one of torch's global hook dicts is gradguard's (torch
+    numbers every hook handle from one counter, so a key names one hook)."""
+    return any(owner.owns(key) for owner in OWNERS)

@@ -287,14 +287,14 @@ def test_compiled_model_trains_after_guarded_calls() -> None:
 
 @pytest.mark.parametrize(
     ("shape", "receiver"),
-    [("compile(guard)", "Linear"), ("guard(compile)", "OptimizedModule")],
+    [("compile(guard)", "Linear"), ("guard(compile)", "Square")],
 )
 def test_leak_boundary_names_the_guarded_call_with_compiled_models(
     shape: str, receiver: str
 ) -> None:
-    """A guarded output fed to training is reported: to the model itself after
-    torch.compile(guard(model)); to the compiled wrapper, checked as one module, after
-    guard(torch.compile(model))."""
+    """A guarded output fed to training is reported: at the model's first module after
+    torch.compile(guard(model)); at the compiled model whose forward torch failed in,
+    named in torch's own error, after guard(torch.compile(model))."""
     torch.manual_seed(0)
     net = Square().train()
     guarded = build(shape, net, "eager")
