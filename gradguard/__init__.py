@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from ._proxy import GuardedModule, guard, unguard
     from ._scope import scope
     from ._target import TargetInfo
-    from ._telemetry import flush
+    from ._telemetry import flush, prometheus_collector, report, stats
 
 __all__ = [
     "FallbackWarning",
@@ -46,7 +46,10 @@ __all__ = [
     "flush",
     "guard",
     "infer",
+    "prometheus_collector",
+    "report",
     "scope",
+    "stats",
     "unguard",
     "watch_leaks",
 ]
@@ -71,7 +74,10 @@ _WHERE = {
     "flush": "._telemetry",
     "guard": "._proxy",
     "infer": "._decorate",
+    "prometheus_collector": "._telemetry",
+    "report": "._telemetry",
     "scope": "._scope",
+    "stats": "._telemetry",
     "unguard": "._proxy",
     "watch_leaks": "._leaks",
 }
