@@ -104,7 +104,7 @@ class Waiting:
         return len(self._items)
 
     def reset(self) -> None:
-        self._items = []
+        self._items.clear()  # the same list: the call path holds it
         self._lock = threading.Lock()
 
     def add(

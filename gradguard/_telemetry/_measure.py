@@ -43,6 +43,7 @@ _time = time.time
 _current_thread = threading.current_thread
 _copy_context = contextvars.copy_context
 _FOLD_MASK = FOLD_EVERY - 1
+_waiting_items = WAITING._items  # the list itself: its truth is the cheapest check
 
 
 class Measure:
@@ -303,7 +304,7 @@ class Recorder:
             if probe is None:  # aggregate only
                 if measure.span is not None:
                     OTEL.end_span(measure.span, target, measure, wall_ns, error)
-                if WAITING:
+                if _waiting_items:
                     WAITING.drain(block=False)
                 return
             before, after, peak = probe.stop(measure.probe_state)
@@ -350,7 +351,7 @@ class Recorder:
                         record, timing, aggregate.add_gpu, batched=self._batched, event=send
                     )
                     send = False
-            if WAITING:
+            if _waiting_items:
                 # Earlier calls' events leave here, once this call's work is queued on the
                 # device, rather than at the next call's start, where writing them would
                 # hold back that call's kernels.
