@@ -467,3 +467,25 @@ def test_timing_events_are_reused_from_a_pool() -> None:
     assert pool.created == 2  # one pair, given back after each read
     assert gpu == [2.0] * 10
     assert len(waiting) == 0
+
+
+@pytest.mark.parametrize(
+    "error",
+    [None, 'KeyError: "quoted" \\ and ünïcode'],
+)
+def test_the_templated_call_line_is_the_rendered_event(error: str | None) -> None:
+    import contextvars
+
+    from gradguard._telemetry._render import call_fields, call_line, render_line, with_context
+
+    record = _telemetry.CallRecord(
+        "app:predict \"x\"", "function", False, True, error, 123_456, 1_700_000_000.25,
+        "cuda:0", "allocator", 10, 20, 30, 2, 7, "Thread-1 ✓", 1, 4, True, 3,
+        contextvars.copy_context(), 0.5,
+    )  # fmt: skip
+    fast = call_line(record, 42, "host-1")
+    slow = render_line(
+        with_context(record.context, "gradguard.call", call_fields(record, 42, "host-1"))
+    )
+    assert fast.endswith(b"\n")
+    assert list(json.loads(fast).items()) == list(json.loads(slow).items())

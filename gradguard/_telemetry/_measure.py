@@ -20,6 +20,7 @@ import time
 import zlib
 from typing import TYPE_CHECKING, Any
 
+import structlog
 import torch
 from torch import nn
 
@@ -36,43 +37,50 @@ from ._render import CallRecord
 if TYPE_CHECKING:
     from .._policy import Policy
 
-__all__ = ["Measure", "Recorder", "device_of", "flush"]
+__all__ = ["FullMeasure", "Measure", "Recorder", "device_of", "flush"]
 
 _perf_ns = time.perf_counter_ns
 _time = time.time
 _current_thread = threading.current_thread
 _copy_context = contextvars.copy_context
+_new_tuple = tuple.__new__
 _FOLD_MASK = FOLD_EVERY - 1
 _waiting_items = WAITING._items  # the list itself: its truth is the cheapest check
+_captures = PIPELINE.captures  # the same list for the life of the process
+_is_configured = structlog.is_configured
 
 
 class Measure:
-    """What is known about one measured call while it runs.
+    """What is known about one measured call while it runs: on the aggregate-only path,
+    only what the call path itself sets (``FullMeasure`` adds the rest)."""
 
-    ``probe`` is ``None`` on the aggregate-only path: nothing but the clock was read.
-    """
-
-    __slots__ = (
-        "call",
-        "device",
-        "fallback",
-        "inference",
-        "probe",
-        "probe_state",
-        "retried",
-        "span",
-        "start_ns",
-        "switched",
-        "timing",
-        "tracker",
-        "training",
-        "wall",
-    )
-    # Set only where they are read: the start clock on every path; the wall clock and
-    # the probe's state on the full-event path.
+    __slots__ = ("call", "fallback", "inference", "retried", "start_ns", "switched", "training")
+    # Read on every call, set only on the full-event path (FullMeasure's slots shadow
+    # these): class attributes, so the aggregate-only path does not pay for setting them.
+    device: torch.device | None = None
+    probe: Probe | None = None
+    probe_state: Any = None
+    timing: Timing | None = None
+    span: Any = None
+    # The tensor tracker of memory="tensors" on a call made of steps: it tracks only
+    # while a step runs (Target.enter/leave), not between steps.
+    tracker: Any = None
+    wall = 0.0
     start_ns: int
-    wall: float
-    probe_state: Any
+
+    def __init__(self, call: int, inference: bool, training: int) -> None:
+        self.call = call
+        self.inference = inference
+        self.training = training
+        self.switched = 0
+        self.fallback = False
+        self.retried = False
+
+
+class FullMeasure(Measure):
+    """A call that emits a full event (or an OpenTelemetry span): device, probe, timing."""
+
+    __slots__ = ("device", "probe", "probe_state", "span", "timing", "tracker", "wall")
 
     def __init__(
         self,
@@ -82,19 +90,12 @@ class Measure:
         device: torch.device | None,
         probe: Probe | None,
     ) -> None:
-        self.call = call
-        self.inference = inference
-        self.training = training
+        Measure.__init__(self, call, inference, training)
         self.device = device
         self.probe = probe
-        self.switched = 0
-        self.fallback = False
-        self.retried = False
-        self.timing: Timing | None = None
-        self.span: Any = None
-        # The tensor tracker of memory="tensors" on a call made of steps: it tracks only
-        # while a step runs (Target.enter/leave), not between steps.
-        self.tracker: Any = None
+        self.timing = None
+        self.span = None
+        self.tracker = None
 
 
 _HOST_DEVICES = frozenset({"cpu", "meta"})
@@ -242,17 +243,20 @@ class Recorder:
             sample = self._sample
             if not (
                 self._events
-                and PIPELINE.wants_events(self._batched)
+                and (self._batched or _captures or _is_configured())
                 and (sample >= 1.0 or self._rng.random() < sample)
             ):
-                measure = Measure(call, inference, training, None, None)
                 if self._trace:
-                    measure.span = OTEL.start_span(self._seed_name)
-                measure.start_ns = _perf_ns()
-                return measure
+                    traced = FullMeasure(call, inference, training, None, None)
+                    traced.span = OTEL.start_span(self._seed_name)
+                    traced.start_ns = _perf_ns()
+                    return traced
+                light = Measure(call, inference, training)
+                light.start_ns = _perf_ns()
+                return light
             device = device_of(args, kwargs, modules)
             probe = probe_for(device, self._memory)
-            measure = Measure(call, inference, training, device, probe)
+            measure = FullMeasure(call, inference, training, device, probe)
             if self._trace:
                 measure.span = OTEL.start_span(self._seed_name)
             if device is not None and device.type == "cuda":
@@ -314,27 +318,32 @@ class Recorder:
             if device is not None:
                 aggregate.group.devices.add(device)
             rank = PROCESS.rank()
-            record = CallRecord(
-                target.name,
-                target.kind,
-                inference,
-                measure.fallback,
-                None if error is None else f"{type(error).__name__}: {error}",
-                wall_ns,
-                measure.wall,
-                device,
-                probe.kind,
-                before,
-                after,
-                peak,
-                measure.switched,
-                measure.call,
-                _current_thread().name,
-                rank.rank,
-                rank.world_size,
-                grad,
-                measure.training,
-                _copy_context(),
+            # tuple.__new__ straight: a NamedTuple's own __new__ is a Python function.
+            record: CallRecord = _new_tuple(
+                CallRecord,
+                (
+                    target.name,
+                    target.kind,
+                    inference,
+                    measure.fallback,
+                    None if error is None else f"{type(error).__name__}: {error}",
+                    wall_ns,
+                    measure.wall,
+                    device,
+                    probe.kind,
+                    before,
+                    after,
+                    peak,
+                    measure.switched,
+                    measure.call,
+                    _current_thread().name,
+                    rank.rank,
+                    rank.world_size,
+                    grad,
+                    measure.training,
+                    _copy_context(),
+                    None,
+                ),
             )
             if measure.span is not None:
                 OTEL.end_span(measure.span, target, measure, wall_ns, error, record)

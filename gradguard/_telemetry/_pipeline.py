@@ -39,7 +39,16 @@ from .. import _config
 from .._errors import TelemetryWarning
 from .._stack import user_stacklevel
 from ._process import PROCESS
-from ._render import CALL_EVENT, CallRecord, call_fields, console_line, render_line, with_context
+from ._render import (
+    CALL_EVENT,
+    CallRecord,
+    bound,
+    call_fields,
+    call_line,
+    console_line,
+    render_line,
+    with_context,
+)
 from ._sinks import ConsoleSink, FileSink
 
 __all__ = [
@@ -189,8 +198,12 @@ class Pipeline:
         batches: dict[int | None, list[bytes]] = {}
         if self._unreported:
             batches[None] = [self._dropped_line(console)]
+        pid, host = PROCESS.pid, PROCESS.host
         for item in items:
             try:
+                if type(item) is CallRecord and not console and not bound(item.context):
+                    batches.setdefault(item.rank, []).append(call_line(item, pid, host))
+                    continue
                 event, _, fields, context = _expand(item)
                 merged = with_context(context, event, fields)
                 line = console_line(merged).encode() if console else render_line(merged)
@@ -301,7 +314,6 @@ class Pipeline:
     def after_fork_in_child(self) -> None:
         PROCESS.forked()
         self._init_process_state()  # fresh locks: a parent's thread may have held them
-        self.captures = [*self.captures]
 
 
 def _expand(item: CallRecord | ReadyEvent) -> tuple[str, str, dict[str, Any], contextvars.Context]:

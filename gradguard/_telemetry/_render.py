@@ -7,6 +7,7 @@ the application's structlog): the call itself only captures a ``CallRecord``.
 from __future__ import annotations
 
 import contextvars
+import json
 import math
 import time
 from typing import Any, NamedTuple
@@ -17,7 +18,9 @@ __all__ = [
     "CALL_EVENT",
     "SCHEMA",
     "CallRecord",
+    "bound",
     "call_fields",
+    "call_line",
     "console_line",
     "render_line",
     "timestamp",
@@ -87,13 +90,81 @@ def call_fields(record: CallRecord, pid: int, host: str) -> dict[str, Any]:
     return fields
 
 
+_CALL_LINE = (
+    '{"event":"gradguard.call","schema":1,"timestamp":"%s","level":"%s","target":%s,'
+    '"kind":%s,"mode":"%s","fallback":%s,"status":"%s","wall_ms":%r,"gpu_ms":%s,'
+    '"device":%s,"mem_kind":%s,"mem_before_bytes":%s,"mem_after_bytes":%s,'
+    '"mem_peak_bytes":%s,"eval_switched":%d,"call":%d,"pid":%d,"host":%s,"thread":%s,'
+    '"rank":%s,"world_size":%s,"grad_recorded":%s,"training_modules":%d%s}\n'
+)
+_json_strings: dict[str | None, str] = {None: "null"}
+
+
+def _js(value: str | None) -> str:
+    """A JSON string (or null), cached: targets, devices, hosts and threads repeat."""
+    found = _json_strings.get(value)
+    if found is None:
+        found = json.dumps(value)
+        if len(_json_strings) < 4096:
+            _json_strings[value] = found
+    return found
+
+
+def _jn(value: float | None) -> str:
+    return "null" if value is None else repr(value)
+
+
+def call_line(record: CallRecord, pid: int, host: str) -> bytes:
+    """The JSON line of a call event with nothing bound in its context.
+
+    The same line ``render_line(with_context(...))`` gives, field for field, formatted
+    with one ``%`` of a template instead of a dict through a JSON encoder: about a third
+    of the cost, paid for every event written.
+    """
+    error = record.error
+    ok = error is None
+    return (
+        _CALL_LINE
+        % (
+            timestamp(record.wall),
+            "info" if ok else "error",
+            _js(record.target),
+            _js(record.kind),
+            "inference" if record.inference else "no_grad",
+            "true" if record.fallback else "false",
+            "ok" if ok else "error",
+            record.wall_ns / 1e6,
+            _jn(record.gpu_ms),
+            _js(record.device),
+            _js(record.mem_kind),
+            _jn(record.mem_before),
+            _jn(record.mem_after),
+            _jn(record.mem_peak),
+            record.switched,
+            record.call,
+            pid,
+            _js(host),
+            _js(record.thread),
+            _jn(record.rank),
+            _jn(record.world_size),
+            "true" if record.grad_recorded else "false",
+            record.training,
+            "" if ok else ',"error":' + json.dumps(error),
+        )
+    ).encode()
+
+
+def bound(context: contextvars.Context) -> dict[str, Any]:
+    """What the application bound with ``structlog.contextvars`` in ``context``."""
+    return context.run(structlog.contextvars.get_contextvars) if len(context) else {}
+
+
 def with_context(
     context: contextvars.Context, event: str, fields: dict[str, Any]
 ) -> dict[str, Any]:
     """``{"event": ..., **bound, **fields}``: what the application bound with
     ``structlog.contextvars`` in the call's context, then the event's own fields."""
-    bound = context.run(structlog.contextvars.get_contextvars) if len(context) else {}
-    return {"event": event, **bound, **fields}
+    return {"event": event, **bound(context), **fields}
 
 
 def _line_renderer() -> Any:
