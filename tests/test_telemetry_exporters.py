@@ -183,3 +183,15 @@ def test_otel_option_without_the_package_says_what_to_install(
     monkeypatch.setattr(_otel, "available", lambda: False)
     with pytest.raises(ValueError, match=r"gradguard\[otel\]"):
         gradguard.configure(otel=True)
+
+
+def test_trace_target_option_overrides_the_setting(otel: tuple[Any, Any]) -> None:
+    _, exporter = otel
+    exporter.clear()
+    gradguard.configure(trace=False)
+    gradguard.infer(name="traced.alone", trace=True)(lambda: None)()
+    gradguard.infer(name="not.traced")(lambda: None)()
+    names = [s.name for s in exporter.get_finished_spans()]
+    assert names == ["traced.alone"]
+    with pytest.raises(TypeError, match="trace must be True or False"):
+        gradguard.infer(trace="yes")

@@ -208,8 +208,7 @@ class Recorder:
         self._batched = PIPELINE.batched(settings)
         self._errors_only = _config.LEVELS[settings.level] > _config.LEVELS["info"]
         self._otel = settings.otel
-        trace = getattr(policy, "trace", None)
-        self._trace = settings.trace if trace is None else trace
+        self._trace = settings.trace if policy.trace is None else policy.trace
         self._sample = settings.sample if policy.sample is None else policy.sample
         if settings.seed is not None:  # the same calls of this target, run after run
             self._rng.seed(settings.seed ^ zlib.crc32(self._seed_name.encode()))
