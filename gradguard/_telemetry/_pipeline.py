@@ -192,7 +192,11 @@ class Pipeline:
             return
         settings = _config.current()
         template = settings.log_file or ("<console>" if settings.console else None)
-        if template is None:  # configure() turned the file and console off meanwhile
+        if template is None:
+            # configure() turned the file and the console off after these were queued:
+            # they go where events go now (the application's structlog, or nowhere).
+            for item in items:
+                self.submit(item, batched=False)
             return
         console = template == "<console>"
         batches: dict[int | None, list[bytes]] = {}
