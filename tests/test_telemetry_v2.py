@@ -326,6 +326,9 @@ def test_fork_and_spawn_workers_write_every_event(tmp_path: Path) -> None:
         def work(n):
             for _ in range(n):
                 target()
+            # A worker's figures are its own: a forked one starts without the parent's.
+            calls = [s["calls"] for s in gradguard.stats() if s["key"] == "worker"]
+            assert calls == [n], calls
         if __name__ == "__main__":
             for _ in range(5):
                 target()  # waiting in the parent's batch when it forks

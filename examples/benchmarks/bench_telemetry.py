@@ -61,6 +61,7 @@ def main() -> None:
     default = gradguard.infer(name="bench.default")(noop)
     sampled_out = gradguard.infer(sample=0.0, name="bench.sampled")(noop)
     full = gradguard.infer(name="bench.full")(noop)
+    full_no_memory = gradguard.infer(name="bench.full.nomem", memory=False)(noop)
     otel_target = gradguard.infer(name="bench.otel")(noop)
     otel_backend = _otel_sdk()
 
@@ -86,6 +87,7 @@ def main() -> None:
                 "default": (default, unconfigured, gradguard.flush),
                 "sampled": (sampled_out, to_file, gradguard.flush),
                 "full": (full, to_file, gradguard.flush),
+                "full_nomem": (full_no_memory, to_file, gradguard.flush),
                 "prometheus": (default, unconfigured, scrape),
                 "otel": (otel_target, with_otel, gradguard.flush),
             },
@@ -125,6 +127,7 @@ def main() -> None:
         ("gradguard, sampled out of a log file", "sampled"),
         ("gradguard, aggregates + Prometheus", "prometheus"),
         ("gradguard, OpenTelemetry histogram", "otel"),
+        ("gradguard, full event, memory=False", "full_nomem"),
         ("gradguard, full event to a file", "full"),
     )
     for label, key in rows:

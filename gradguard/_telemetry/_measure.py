@@ -44,6 +44,7 @@ _time = time.time
 _current_thread = threading.current_thread
 _copy_context = contextvars.copy_context
 _new_tuple = tuple.__new__
+_new_measure = object.__new__
 _FOLD_MASK = FOLD_EVERY - 1
 _waiting_items = WAITING._items  # the list itself: its truth is the cheapest check
 _captures = PIPELINE.captures  # the same list for the life of the process
@@ -250,7 +251,14 @@ class Recorder:
                     traced.span = OTEL.start_span(self._seed_name)
                     traced.start_ns = _perf_ns()
                     return traced
-                light = Measure(call, inference, training)
+                # Measure(...) written out: no __init__ frame on the path every call takes.
+                light = _new_measure(Measure)
+                light.call = call
+                light.inference = inference
+                light.training = training
+                light.switched = 0
+                light.fallback = False
+                light.retried = False
                 light.start_ns = _perf_ns()
                 return light
             device = device_of(args, kwargs, modules)
