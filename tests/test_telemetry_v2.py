@@ -397,17 +397,23 @@ def test_kill_9_then_restart_every_line_parses(tmp_path: Path) -> None:
     assert targets.count("restarted") == 3
 
 
-def test_a_full_queue_drops_counts_and_warns_once(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_full_queue_drops_counts_and_warns_once(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     from gradguard._telemetry import _pipeline
 
     monkeypatch.setattr(_pipeline, "QUEUE_LIMIT", 5)
     monkeypatch.setattr(_pipeline, "BATCH", 10**9)
-    gradguard.configure(console=True)
+    log = tmp_path / "d.jsonl"
+    gradguard.configure(log_file=str(log))
     with pytest.warns(gradguard.TelemetryWarning, match="dropped 1 event") as caught:
         _calls(8)
     assert len([w for w in caught if "dropped" in str(w.message)]) == 1
     assert _telemetry.PIPELINE.dropped == 3
-    _telemetry.PIPELINE.queue.clear()
+    lines = read_lines(log)
+    assert [e["event"] for e in lines].count("gradguard.call") == 5
+    (told,) = [e for e in lines if e["event"] == "gradguard.dropped"]
+    assert told["dropped"] == 3
 
 
 def test_importing_works_without_register_at_fork() -> None:
