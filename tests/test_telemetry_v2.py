@@ -19,6 +19,7 @@ from torch import nn
 
 import gradguard
 from gradguard import _telemetry
+from gradguard.testing import capture_events
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -498,3 +499,28 @@ def test_the_templated_call_line_is_the_rendered_event(error: str | None) -> Non
     )
     assert fast.endswith(b"\n")
     assert list(json.loads(fast).items()) == list(json.loads(slow).items())
+
+
+def test_the_cuda_path_of_a_call_reuses_pooled_events_on_fakes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Recorder's CUDA branch, driven on the CPU: a fake device, stream and events."""
+    from gradguard._memory import Probe
+    from gradguard._telemetry import _cuda, _measure
+
+    pool = _cuda.EventPool(new=_FakeEvent)
+    monkeypatch.setattr(_cuda, "POOL", pool)
+    monkeypatch.setattr(_measure, "POOL", pool)
+    monkeypatch.setattr(_measure, "device_of", lambda *_: torch.device("cuda", 0))
+    monkeypatch.setattr(_measure, "probe_for", lambda *_: Probe())
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda index=None: ("stream", index))
+    target = gradguard.infer(name="on a fake gpu")(lambda: None)
+    with capture_events() as events:
+        for _ in range(5):
+            target()
+    assert [e["gpu_ms"] for e in events] == [2.0] * 5
+    assert [e["device"] for e in events] == ["cuda:0"] * 5
+    assert pool.created == 2  # each pair is given back once read, and timed the next call
+    (stats,) = [s for s in gradguard.stats() if s["key"] == "on a fake gpu"]
+    assert stats["gpu_ms"]["count"] == 5
+    assert stats["devices"] == ["cuda:0"]
