@@ -106,7 +106,7 @@ def _forked_child() -> None:
     # A forked worker (a DataLoader's, say) is another process: its own counts (the
     # parent reports its own), its own sample (settings are refreshed, which reseeds),
     # none of the parent's CUDA events.
-    AGGREGATES.reset()
+    AGGREGATES.forked()
     POOL.reset()
     _config.changed()
 

@@ -130,6 +130,13 @@ class Aggregates:
             self._targets = {}
             self.generation += 1
 
+    def forked(self) -> None:
+        """Start empty in a forked child, with a fresh lock: a parent's thread may have
+        held the old one at the fork, and would never release it here."""
+        self._lock = threading.Lock()
+        self._targets = {}
+        self.generation += 1
+
     def target(self, name: str) -> TargetAggregate:
         found = self._targets.get(name)
         if found is None:
