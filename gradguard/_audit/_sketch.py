@@ -165,19 +165,6 @@ class LogSketch:
         self.flush()
         return self._sum
 
-    def buckets(self) -> list[tuple[float, int]]:
-        """``(upper bound, count)`` per occupied bucket, ascending; zeros under bound 0.0.
-
-        A bucket holds the values in ``(upper / gamma, upper]``: what a histogram with
-        explicit bounds needs to place each bucket's count.
-        """
-        self.flush()
-        with self._lock:
-            out = [(0.0, self._zeros)] if self._zeros else []
-            log_gamma = self._log_gamma
-            out += [(math.exp(i * log_gamma), c) for i, c in sorted(self._bins.items())]
-        return out
-
     @property
     def min(self) -> float | None:
         """Exact smallest value, or None when empty."""
@@ -195,6 +182,20 @@ class LogSketch:
         """Number of occupied buckets (the sketch's memory, in counters)."""
         self.flush()
         return len(self._bins) + (1 if self._zeros else 0)
+
+    def buckets(self) -> list[tuple[float, float, int]]:
+        """Occupied buckets as ``(lower, upper, count)``, in order of value.
+
+        Zeros come first as ``(0, MIN_INDEXABLE, n)``. What a histogram of the values
+        needs, within the sketch's relative accuracy.
+        """
+        self.flush()
+        gamma = math.exp(self._log_gamma)
+        out = [(0.0, MIN_INDEXABLE, self._zeros)] if self._zeros else []
+        for index in sorted(self._bins):
+            upper = math.exp(index * self._log_gamma)
+            out.append((upper / gamma, upper, self._bins[index]))
+        return out
 
     def quantile(self, q: float) -> float | None:
         """Estimate the ``q``-quantile (0 <= q <= 1), or None when empty."""

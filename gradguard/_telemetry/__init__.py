@@ -9,6 +9,7 @@ Roles, in the way OpenTelemetry's SDK separates them:
 - ``_pipeline``: where an event goes (a capture, a batch for the file or the console,
   the application's structlog) and the batches written off the call path;
 - ``_sinks``: gradguard's own JSON-lines file and the console;
+- ``_capture``: ``gradguard.testing.capture_events()``;
 - ``_render``: event fields, JSON lines, console lines, timestamps;
 - ``_cuda``: CUDA timing events, pooled, and the calls waiting for their device time;
 - ``_prometheus`` and ``_otel``: exporters to metrics systems;
@@ -27,10 +28,11 @@ import time
 
 from .. import _config
 from ._aggregate import AGGREGATES, report, stats
+from ._capture import capture_events
 from ._cuda import POOL, WAITING, Timing
 from ._measure import Measure, Recorder, device_of, flush
 from ._otel import OTEL
-from ._pipeline import PIPELINE, WARNINGS, ReadyEvent, capture_events, warn_once
+from ._pipeline import PIPELINE, WARNINGS, ReadyEvent, warn_once
 from ._process import PROCESS
 from ._prometheus import prometheus_collector
 from ._render import CALL_EVENT, SCHEMA, CallRecord, timestamp

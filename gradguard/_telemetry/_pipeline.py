@@ -29,8 +29,6 @@ import contextvars
 import os
 import threading
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any, NamedTuple
 
 import structlog
@@ -55,7 +53,6 @@ __all__ = [
     "PIPELINE",
     "Pipeline",
     "ReadyEvent",
-    "capture_events",
     "warn_once",
 ]
 
@@ -328,33 +325,6 @@ def _expand(item: CallRecord | ReadyEvent) -> tuple[str, str, dict[str, Any], co
 
 
 PIPELINE = Pipeline()
-
-
-@contextmanager
-def capture_events() -> Iterator[list[dict[str, Any]]]:
-    """Collect gradguard's events in a list instead of logging them (for tests).
-
-    Events are complete dicts, with ``event`` and anything bound with
-    ``structlog.contextvars``; events still waiting for a CUDA device time are flushed
-    into the list when the block ends.
-
-    Example::
-
-        with gradguard.testing.capture_events() as events:
-            predict(model, x)
-        assert events[0]["mode"] == "inference"
-    """
-    from ._cuda import WAITING
-
-    captured: list[dict[str, Any]] = []
-    PIPELINE.captures.append(captured)
-    try:
-        yield captured
-    finally:
-        try:
-            WAITING.drain(block=True)
-        finally:
-            PIPELINE.captures.remove(captured)
 
 
 if hasattr(os, "register_at_fork"):  # not on every platform (Windows, some embedders)

@@ -94,7 +94,7 @@ def _histogram(
     counts = [0] * len(bounds)
     total = 0
     index = 0
-    for upper, count in sketch.buckets():
+    for _, upper, count in sketch.buckets():
         value = upper * scale
         while index < len(bounds) and bounds[index] < value * (1 - 1e-12):
             index += 1
