@@ -2,9 +2,9 @@
 
 A request handler binds its request id with ``structlog.contextvars``; every gradguard
 event the request makes (the model call and the post-processing) carries that id, in
-gradguard's own JSON-lines file (``gradguard.configure(log_file=...)``) as through
-structlog's default output. Nothing here calls ``structlog.configure()``: gradguard works
-with structlog's defaults, and with whatever an application sets up instead.
+gradguard's own JSON-lines file (``gradguard.configure(log_file=...)``) as in its console
+lines (``gradguard.configure(console=True)``). Nothing here calls ``structlog.configure()``:
+gradguard reads what is bound through ``structlog.contextvars`` either way.
 
 The model stays in training mode between requests, as a model that is also being trained
 would, with one BatchNorm frozen in eval. Concurrent requests each run it in eval under
@@ -15,8 +15,10 @@ Run: python examples/serving.py
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sys
 import tempfile
 import threading
 from collections import defaultdict
@@ -66,10 +68,14 @@ def handle(request_id: str, batch: torch.Tensor) -> dict[str, list[float] | list
 
 requests = {f"r{i:02d}": torch.randn(1 + i % 4, 16) for i in range(16)}
 
-# One request before the pool, through structlog's default output (no configuration):
-# the id appears in the printed line, merged in by structlog's own merge_contextvars.
-print("one request through structlog's defaults (no structlog.configure()):")
-handle("warm-up", torch.randn(2, 16))
+# One request before the pool, with console lines on: the id appears in the line, merged
+# from structlog.contextvars. Console lines go to stderr; this example shows them here.
+print("one request with console lines on (gradguard.configure(console=True)):")
+gradguard.configure(console=True)
+with contextlib.redirect_stderr(sys.stdout):
+    handle("warm-up", torch.randn(2, 16))
+    gradguard.flush()  # console lines are written in batches, off the call path
+gradguard.configure(console=False)
 
 # The pool's requests go to gradguard's own JSON-lines file.
 log_file = os.path.join(tempfile.mkdtemp(prefix="gradguard-serving-"), "calls.jsonl")
@@ -79,7 +85,7 @@ try:
         futures = {rid: pool.submit(handle, rid, batch) for rid, batch in requests.items()}
         responses = {rid: future.result() for rid, future in futures.items()}
 finally:
-    gradguard.configure(log_file=None)  # back to structlog's output
+    gradguard.configure(log_file=None)  # back to the default: nothing written per call
 
 with open(log_file, encoding="utf-8") as f:
     events = [json.loads(line) for line in f]

@@ -133,9 +133,11 @@ def prepare() -> None:
         return
     with _lock:
         try:
-            from torch._C._dynamo.eval_frame import _FrameAction as FrameAction
-            from torch._C._dynamo.eval_frame import _FrameExecStrategy as FrameExecStrategy
-            from torch._C._dynamo.eval_frame import set_code_exec_strategy
+            from torch._C._dynamo.eval_frame import (
+                _FrameAction as FrameAction,
+                _FrameExecStrategy as FrameExecStrategy,
+                set_code_exec_strategy,
+            )
         except ImportError:  # an older torch: no per-code strategies to set
             _prepared.update(loaded)
             _done()

@@ -1,9 +1,10 @@
 """gradguard's own settings: ``gradguard.configure()`` and the ``GRADGUARD_*`` variables.
 
-Nothing here touches the application's logging: without ``log_file`` events go to
-``structlog.get_logger("gradguard")`` and whatever the application configured applies;
-with ``log_file`` they go to gradguard's own JSON-lines file instead, through a logger
-built here and used by gradguard alone. ``structlog.configure()`` is never called.
+Nothing here touches the application's logging. With ``log_file`` events go to
+gradguard's own JSON-lines file; with ``console`` to readable lines on standard error;
+otherwise to ``structlog.get_logger("gradguard")`` once the application has configured
+structlog, and nowhere while it has not (calls are still counted, see
+``gradguard.stats()``). ``structlog.configure()`` is never called.
 """
 
 from __future__ import annotations
@@ -31,9 +32,15 @@ class Settings:
     """The process-wide defaults; per-target options override them.
 
     Attributes:
-        enabled: emit a ``gradguard.call`` event per call.
+        enabled: measure calls: count them into ``gradguard.stats()`` and emit a
+            ``gradguard.call`` event per call where events go (``False``: neither).
         log_file: write events as JSON lines to this path (``{pid}`` and ``{rank}`` are
             filled in) instead of to ``structlog.get_logger("gradguard")``.
+        console: write events as readable lines to standard error (when no
+            ``log_file`` is set), to watch calls scroll by.
+        otel: record each call's duration through OpenTelemetry's API
+            (``gradguard.call.duration``; needs ``gradguard[otel]``).
+        trace: one OpenTelemetry span per call (needs ``gradguard[otel]``).
         sample: fraction of calls that emit an event (counters count every call).
         seed: seed of the sampling, so the same calls are sampled run after run.
         level: the lowest level emitted: calls are ``"info"``, failed calls ``"error"``.
@@ -48,6 +55,9 @@ class Settings:
     seed: int | None = None
     level: Level = "info"
     leaks: LeakLevel = "boundary"
+    console: bool = False
+    otel: bool = False
+    trace: bool = False
 
 
 def _flag(name: str, value: Any) -> bool:
@@ -59,6 +69,20 @@ def _flag(name: str, value: Any) -> bool:
         return False
     msg = f"{name} must be true or false (1/0, yes/no, on/off); got {value!r}"
     raise ValueError(msg)
+
+
+def _otel_flag(name: str, value: Any) -> bool:
+    on = _flag(name, value)
+    if on:
+        from ._telemetry._otel import available
+
+        if not available():
+            msg = (
+                f"{name}=True records through OpenTelemetry, but opentelemetry-api is not "
+                "installed; install it with `pip install gradguard[otel]`"
+            )
+            raise ValueError(msg)
+    return on
 
 
 def check_sample(name: str, value: Any) -> float:
@@ -125,6 +149,9 @@ _CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "seed": _seed,
     "level": _level,
     "leaks": check_leak_level,
+    "console": _flag,
+    "otel": _otel_flag,
+    "trace": _otel_flag,
 }
 _ENV = {
     "enabled": "GRADGUARD_ENABLED",
@@ -133,6 +160,9 @@ _ENV = {
     "seed": "GRADGUARD_SEED",
     "level": "GRADGUARD_LEVEL",
     "leaks": "GRADGUARD_LEAKS",
+    "console": "GRADGUARD_CONSOLE",
+    "otel": "GRADGUARD_OTEL",
+    "trace": "GRADGUARD_TRACE",
 }
 
 
@@ -157,6 +187,8 @@ def _from_environment() -> Settings:
 
 _lock = threading.Lock()
 _current: Settings | None = None
+# Called before the settings change (telemetry writes what it holds under the old ones).
+before_change: list[Callable[[], None]] = []
 _generation = 0  # bumped on every change, so per-target caches know to refresh
 
 
@@ -181,14 +213,17 @@ def configure(**options: Any) -> Settings:
     """Set gradguard's own telemetry settings for this process; return the new settings.
 
     Options: ``enabled`` (bool), ``log_file`` (path, may hold ``{pid}`` and ``{rank}``;
-    ``None`` sends events to ``structlog.get_logger("gradguard")`` again), ``sample``
-    (fraction of calls that emit an event), ``seed`` (makes sampling reproducible) and
-    ``level`` (``"info"`` or ``"error"`` for failed calls only) and ``leaks`` (the leak
-    sentinel's level: ``"off"``, ``"boundary"``, ``"strict"``). Options left out keep
-    their value; the environment variables ``GRADGUARD_ENABLED``, ``GRADGUARD_LOG_FILE``,
-    ``GRADGUARD_SAMPLE``, ``GRADGUARD_SEED``, ``GRADGUARD_LEVEL`` and ``GRADGUARD_LEAKS``
-    give the starting
-    values. Per-target options (``sample=``, ``log=``) override these.
+    ``None`` sends events to ``structlog.get_logger("gradguard")`` again, once the
+    application configured structlog), ``console`` (bool: readable lines on standard
+    error), ``sample`` (fraction of calls that emit an event), ``seed`` (makes sampling
+    reproducible), ``level`` (``"info"`` or ``"error"`` for failed calls only),
+    ``leaks`` (the leak sentinel's level: ``"off"``, ``"boundary"``, ``"strict"``),
+    ``otel`` (bool: a duration histogram through OpenTelemetry) and ``trace`` (bool: an
+    OpenTelemetry span per call). Options left out keep their value; the environment
+    variables ``GRADGUARD_ENABLED``, ``GRADGUARD_LOG_FILE``, ``GRADGUARD_CONSOLE``,
+    ``GRADGUARD_SAMPLE``, ``GRADGUARD_SEED``, ``GRADGUARD_LEVEL``, ``GRADGUARD_LEAKS``,
+    ``GRADGUARD_OTEL`` and ``GRADGUARD_TRACE`` give the starting values. Per-target
+    options (``sample=``, ``log=``) override these.
 
     Example::
 
@@ -203,6 +238,8 @@ def configure(**options: Any) -> Settings:
             msg = f"configure() got an unknown option {key!r}. Valid options: {valid}."
             raise TypeError(msg)
         checked[key] = check(key, value)
+    for callback in before_change:
+        callback()
     with _lock:
         base = _current if _current is not None else _from_environment()
         _current = replace(base, **checked)

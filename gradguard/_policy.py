@@ -39,6 +39,7 @@ class Options(TypedDict, total=False):
     sample: float | None
     memory: Memory | bool
     sync: bool
+    trace: bool | None
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,8 @@ class Policy:
             tensors the call creates; slow, for development) or ``"off"``/``False``.
         sync: on CUDA, wait for the device at the end of each logged call so that its
             event carries ``gpu_ms`` at once, instead of emitting it later.
+        trace: an OpenTelemetry span per call (``None``: as ``gradguard.configure`` says;
+            needs ``gradguard[otel]``).
     """
 
     mode: Mode = "auto"
@@ -76,6 +79,7 @@ class Policy:
     sample: float | None = None
     memory: Memory = "auto"
     sync: bool = False
+    trace: bool | None = None
 
     def merged(self, options: Mapping[str, Any]) -> Policy:
         """Return a copy with ``options`` (already checked) applied over this policy."""
@@ -134,6 +138,14 @@ def _optional_flag(value: Any) -> bool | None:
     return None if value is None else _flag("log")(value)
 
 
+def _trace(value: Any) -> bool | None:
+    if value is None:
+        return None
+    from ._config import _otel_flag
+
+    return _otel_flag("trace", _flag("trace")(value))
+
+
 def _sample(value: Any) -> float | None:
     return None if value is None else check_sample("sample", value)
 
@@ -157,6 +169,7 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "sample": _sample,
     "memory": _memory,
     "sync": _flag("sync"),
+    "trace": _trace,
 }
 assert set(_CHECKS) == {f.name for f in fields(Policy)}
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+import structlog
 import torch
 
 from gradguard import _config, _telemetry
@@ -43,3 +44,6 @@ def _fresh_settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     _telemetry.flush()
     _config.reset()
     _telemetry.reset()
+    # structlog.testing.capture_logs() leaves structlog marked configured, which would
+    # send every later test's events through structlog's default printer.
+    structlog.reset_defaults()

@@ -91,7 +91,7 @@ def test_device_time_waits_without_blocking_and_keeps_its_request_context() -> N
     with capture_events() as events:
         with structlog.contextvars.bound_contextvars(request_id="r-1"):
             slow(model, x)
-            waiting = len(_telemetry._pending)
+            waiting = len(_telemetry.WAITING)
         with structlog.contextvars.bound_contextvars(request_id="r-2"):
             torch.cuda.synchronize()
             predict(nn.Linear(2, 2).cuda(), torch.ones(1, 2, device="cuda"))  # drains

@@ -30,6 +30,7 @@ def valid(event: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_lines(path: Path) -> list[dict[str, Any]]:
+    gradguard.flush()  # events are written in batches off the call path
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
@@ -184,14 +185,26 @@ def test_application_contextvars_appear_in_events(tmp_path: Path) -> None:
 # --- logging like a library -------------------------------------------------------------
 
 
-def test_zero_config_prints_a_readable_line_and_configures_nothing(
+def test_zero_config_prints_nothing_and_configures_nothing(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     structlog.reset_defaults()
     predict(nn.Linear(1, 1), torch.ones(1, 1))
-    out = capsys.readouterr().out
-    assert "gradguard.call" in out and f"target={__name__}:predict" in out
-    assert "mode=inference" in out
+    gradguard.flush()
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == ""
+    assert not structlog.is_configured()
+    assert [s["calls"] for s in gradguard.stats() if s["key"] == f"{__name__}:predict"] == [1]
+
+
+def test_console_switch_prints_a_readable_line(capsys: pytest.CaptureFixture[str]) -> None:
+    structlog.reset_defaults()
+    gradguard.configure(console=True)
+    predict(nn.Linear(1, 1), torch.ones(1, 1))
+    gradguard.flush()
+    err = capsys.readouterr().err
+    assert "gradguard.call" in err and f"target={__name__}:predict" in err
+    assert "mode=inference" in err
     assert not structlog.is_configured()
 
 
@@ -317,6 +330,7 @@ def _calls_survive(n: int = 3) -> list[warnings.WarningMessage]:
         for _ in range(n):
             out = predict(model, torch.ones(1, 2))
             assert out.shape == (1, 2)
+        gradguard.flush()  # a file's batch is written here
     return [w for w in caught if issubclass(w.category, gradguard.TelemetryWarning)]
 
 
@@ -350,8 +364,10 @@ def test_a_closed_log_file_warns_once(tmp_path: Path) -> None:
 
     gradguard.configure(log_file=str(tmp_path / "c.jsonl"))
     predict(nn.Linear(2, 2), torch.ones(1, 2))
-    assert _telemetry._sink is not None
-    _telemetry._sink.file.close()
+    gradguard.flush()
+    sink = _telemetry.PIPELINE._sinks[None]
+    assert isinstance(sink, _telemetry._sinks.FileSink)
+    sink.file.close()
     caught = _calls_survive()
     assert len(caught) == 1
     assert "closed file" in str(caught[0].message)
@@ -436,28 +452,35 @@ class _FakeStart:
 
 def test_waiting_device_times_leave_in_call_order_asking_one_pending_event() -> None:
     """However far the host runs ahead, a call asks the device about one waiting event."""
-    import contextvars
-
     from gradguard import _telemetry
-    from gradguard._memory import Probe
 
     ends = [_FakeEnd(done) for done in (True, True, False, True, False)]
     for number, end in enumerate(ends, 1):
-        measure = _telemetry.Measure(number, True, 0, None, Probe())
-        measure.events = (_FakeStart(), end)
-        item = (measure, {"call": number}, "info", contextvars.copy_context())
-        _telemetry._pending.append(item)  # type: ignore[arg-type]
+        timing = _telemetry.Timing(_FakeStart(), end, 0)
+        _telemetry.WAITING.add(_record(number), timing, None, batched=False, event=True)
     with capture_events() as events:
         gradguard.infer(name="on the cpu")(lambda: None)()  # drains at its end, then logs
         drained = [e["call"] for e in events]
-        waiting = len(_telemetry._pending)
+        waiting = len(_telemetry.WAITING)
     assert drained == [1, 2, 1]  # stopped at call 3, still running; 4 waits behind it
     assert events[2]["target"] == "on the cpu"
     assert [end.queries for end in ends] == [1, 1, 1, 0, 0]
     assert waiting == 3
-    assert not _telemetry._pending  # the block's end flushed the rest, in call order
+    assert not _telemetry.WAITING  # the block's end flushed the rest, in call order
     assert [e["call"] for e in events] == [1, 2, 1, 3, 4, 5]
     assert [e["gpu_ms"] for e in events] == [1.5, 1.5, None, 1.5, 1.5, 1.5]
+
+
+def _record(call: int) -> Any:
+    """A call's raw figures, as a call on a CUDA device would hand them off."""
+    import contextvars
+
+    from gradguard import _telemetry
+
+    return _telemetry.CallRecord(
+        "on the gpu", "function", True, False, None, 1000, 0.0, "cuda:0", None, None, None,
+        None, 0, call, "MainThread", None, None, False, 0, contextvars.copy_context(),
+    )  # fmt: skip
 
 
 class _BrokenEnd:
@@ -470,15 +493,10 @@ class _BrokenEnd:
 
 
 def test_a_device_error_loses_no_event() -> None:
-    import contextvars
-
     from gradguard import _telemetry
-    from gradguard._memory import Probe
 
-    measure = _telemetry.Measure(1, True, 0, None, Probe())
-    measure.events = (_FakeStart(), _BrokenEnd())
-    item = (measure, {"call": 1, "gpu_ms": None}, "info", contextvars.copy_context())
-    _telemetry._pending.append(item)  # type: ignore[arg-type]
+    timing = _telemetry.Timing(_FakeStart(), _BrokenEnd(), 0)
+    _telemetry.WAITING.add(_record(1), timing, None, batched=False, event=True)
     with (
         capture_events() as events,
         pytest.warns(gradguard.TelemetryWarning, match="illegal.*CUDA_LAUNCH_BLOCKING=1"),
@@ -486,25 +504,21 @@ def test_a_device_error_loses_no_event() -> None:
         gradguard.infer(name="on the cpu")(lambda: None)()
     assert [(e["call"], e["gpu_ms"]) for e in events] == [(1, None), (1, None)]
     assert events[1]["target"] == "on the cpu"
-    assert not _telemetry._pending
+    assert not _telemetry.WAITING
 
 
-def test_a_write_that_meets_a_file_swapped_by_another_thread_lands_in_the_new_one(
+def test_events_waiting_when_configure_swaps_the_file_land_in_the_old_one(
     tmp_path: Path,
 ) -> None:
     from gradguard import _telemetry
 
     gradguard.configure(log_file=str(tmp_path / "a.jsonl"))
+    predict(nn.Linear(1, 1), torch.ones(1, 1))  # waits in the batch...
+    assert len(_telemetry.PIPELINE.queue) == 1
+    gradguard.configure(log_file=str(tmp_path / "b.jsonl"))  # ...written to a.jsonl here
     predict(nn.Linear(1, 1), torch.ones(1, 1))
-    looked_up = _telemetry._sink  # a thread's sink, fetched just before another thread...
-    gradguard.configure(log_file=str(tmp_path / "b.jsonl"))
-    predict(nn.Linear(1, 1), torch.ones(1, 1))  # ...moved the process to another file
-    assert looked_up is not None and looked_up.file.closed
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", gradguard.TelemetryWarning)
-        looked_up.write("info", "gradguard.call", {"late": True})
     assert len(read_lines(tmp_path / "a.jsonl")) == 1
-    assert [e.get("late") for e in read_lines(tmp_path / "b.jsonl")] == [None, True]
+    assert len(read_lines(tmp_path / "b.jsonl")) == 1
 
 
 def _rank_worker(rank: int, init_file: str) -> None:

@@ -14,6 +14,13 @@ minimum and maximum, which the sketch keeps alongside the exact count.
 The true value of quantile ``q`` is the element at 0-based rank
 ``floor(q * (n - 1))`` of the sorted values (numpy's ``method="lower"``).
 
+**Sum.** The sketch keeps the exact sum of the values added (``sum``), which a
+Prometheus histogram needs beside its buckets.
+
+**Threads.** ``buffer.append`` is one C call, atomic under the GIL, so threads may
+append at once; folding and reading take a lock and fold only the values they copied,
+so a value appended meanwhile waits for the next fold instead of being lost.
+
 **Memory.** One counter per occupied bucket: about ``ln(max / min) / (2 * alpha)``
 of them, e.g. ~1,400 for values spread over twelve orders of magnitude, no
 matter how many values were added.
@@ -29,6 +36,7 @@ Example:
 from __future__ import annotations
 
 import math
+import threading
 from array import array
 from bisect import bisect_left, bisect_right
 from collections import Counter
@@ -58,8 +66,8 @@ class LogSketch:
     """
 
     __slots__ = (
-        "_bins", "_count", "_inv_log_gamma", "_log_gamma", "_max", "_min", "_zeros",
-        "alpha", "buffer",
+        "_bins", "_count", "_inv_log_gamma", "_lock", "_log_gamma", "_max", "_min", "_sum",
+        "_zeros", "alpha", "buffer",
     )  # fmt: skip
 
     def __init__(self, relative_accuracy: float = 0.01) -> None:
@@ -75,6 +83,8 @@ class LogSketch:
         self._count = 0
         self._min = math.inf
         self._max = -math.inf
+        self._sum = 0.0
+        self._lock = threading.RLock()
         # A C array: appending drops the Python float, and the flush sorts
         # contiguous doubles rather than objects scattered over the heap.
         self.buffer = array("d")
@@ -90,11 +100,21 @@ class LogSketch:
         bisect, so that Python-level work is per occupied bucket rather than
         per value, and a short one goes through C-level maps into the counter.
         """
-        if not self.buffer:
+        buffer = self.buffer
+        if not buffer:
             return
-        values = sorted(self.buffer)
-        del self.buffer[:]
+        with self._lock:
+            # Copy, then delete exactly what was copied: a value another thread appends
+            # between the two stays in the buffer for the next fold.
+            n = len(buffer)
+            values = sorted(buffer[:n])
+            del buffer[:n]
+            if n:
+                self._fold(values)
+
+    def _fold(self, values: list[float]) -> None:
         n = len(values)
+        self._sum += math.fsum(values)
         pos = bisect_left(values, MIN_INDEXABLE)
         self._zeros += pos
         self._count += n
@@ -125,17 +145,25 @@ class LogSketch:
             raise ValueError(msg)
         self.flush()
         other.flush()
-        self._bins.update(other._bins)
-        self._zeros += other._zeros
-        self._count += other._count
-        self._min = min(self._min, other._min)
-        self._max = max(self._max, other._max)
+        with self._lock, other._lock:
+            self._bins.update(other._bins)
+            self._zeros += other._zeros
+            self._count += other._count
+            self._sum += other._sum
+            self._min = min(self._min, other._min)
+            self._max = max(self._max, other._max)
 
     @property
     def count(self) -> int:
         """Exact number of values added."""
         self.flush()
         return self._count
+
+    @property
+    def sum(self) -> float:
+        """Exact (``math.fsum`` per fold) sum of the values added."""
+        self.flush()
+        return self._sum
 
     @property
     def min(self) -> float | None:
@@ -177,6 +205,10 @@ class LogSketch:
         self.flush()
         if not self._count:
             return None
+        with self._lock:
+            return self._quantile(q)
+
+    def _quantile(self, q: float) -> float | None:
         rank = math.floor(q * (self._count - 1))
         if rank < self._zeros:
             return max(0.0, self._min)

@@ -1,0 +1,396 @@
+"""Measuring one call: decide what to measure once per target, capture raw figures per call.
+
+A ``Recorder`` per target reads the settings when they change (never per call) and
+picks one of two paths for each call:
+
+- **aggregate only** (the default when nothing is configured, and calls sampled out of
+  the log): two clock reads, one byte of flags and one float appended to the target's
+  aggregate; no device look-up, no memory probe, no system call;
+- **full event**: the device the call computes on, its memory probe, CUDA timing events
+  from a pool, and a ``CallRecord`` handed to the pipeline, which builds, renders and
+  writes the event off the call path.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import random
+import threading
+import time
+import zlib
+from typing import TYPE_CHECKING, Any
+
+import structlog
+import torch
+from torch import nn
+
+from .. import _config
+from .._memory import Probe, TensorProbe, probe_for, suspend
+from .._outputs import any_tensor, shallow_tensors
+from ._aggregate import AGGREGATES, ERROR, FALLBACK, FOLD_EVERY, GRAD, NO_GRAD, TargetAggregate
+from ._cuda import POOL, WAITING, Timing
+from ._otel import OTEL
+from ._pipeline import PIPELINE, warn_once
+from ._process import PROCESS
+from ._render import CallRecord
+
+if TYPE_CHECKING:
+    from .._policy import Policy
+
+__all__ = ["FullMeasure", "Measure", "Recorder", "device_of", "flush"]
+
+_perf_ns = time.perf_counter_ns
+_time = time.time
+_current_thread = threading.current_thread
+_copy_context = contextvars.copy_context
+_new_tuple = tuple.__new__
+_new_measure = object.__new__
+_FOLD_MASK = FOLD_EVERY - 1
+_waiting_items = WAITING._items  # the list itself: its truth is the cheapest check
+_captures = PIPELINE.captures  # the same list for the life of the process
+_is_configured = structlog.is_configured
+
+
+class Measure:
+    """What is known about one measured call while it runs: on the aggregate-only path,
+    only what the call path itself sets (``FullMeasure`` adds the rest)."""
+
+    __slots__ = ("call", "fallback", "inference", "retried", "start_ns", "switched", "training")
+    # Read on every call, set only on the full-event path (FullMeasure's slots shadow
+    # these): class attributes, so the aggregate-only path does not pay for setting them.
+    device: torch.device | None = None
+    probe: Probe | None = None
+    probe_state: Any = None
+    timing: Timing | None = None
+    span: Any = None
+    # The tensor tracker of memory="tensors" on a call made of steps: it tracks only
+    # while a step runs (Target.enter/leave), not between steps.
+    tracker: Any = None
+    wall = 0.0
+    start_ns: int
+
+    def __init__(self, call: int, inference: bool, training: int) -> None:
+        self.call = call
+        self.inference = inference
+        self.training = training
+        self.switched = 0
+        self.fallback = False
+        self.retried = False
+
+
+class FullMeasure(Measure):
+    """A call that emits a full event (or an OpenTelemetry span): device, probe, timing."""
+
+    __slots__ = ("device", "probe", "probe_state", "span", "timing", "tracker", "wall")
+
+    def __init__(
+        self,
+        call: int,
+        inference: bool,
+        training: int,
+        device: torch.device | None,
+        probe: Probe | None,
+    ) -> None:
+        Measure.__init__(self, call, inference, training)
+        self.device = device
+        self.probe = probe
+        self.timing = None
+        self.span = None
+        self.tracker = None
+
+
+_HOST_DEVICES = frozenset({"cpu", "meta"})
+
+
+def device_of(args: Any, kwargs: Any, modules: Any) -> torch.device | None:
+    """Where the call computes: an accelerator among its inputs and models, else the host.
+
+    An input on an accelerator decides at once (a model offloaded to the CPU or to
+    ``meta``, as accelerate and FSDP do, computes where its inputs are). Otherwise the
+    models' device: ``predict(model, cpu_batch)`` that moves the batch onto the model's
+    GPU inside is timed and measured on the GPU.
+    """
+    tensor = next(shallow_tensors(args), None)
+    if tensor is None and kwargs:
+        tensor = next(shallow_tensors(kwargs.values()), None)
+    if tensor is not None and tensor.device.type not in _HOST_DEVICES:
+        return tensor.device
+    for module in modules or ():
+        device = _module_device(module)
+        if device is not None and (device.type != "meta" or tensor is None):
+            return device
+    return None if tensor is None else tensor.device
+
+
+def _module_device(root: nn.Module) -> torch.device | None:
+    """The device of a parameter below ``root``, else of a buffer.
+
+    Walks the module dicts directly, depth first, so a parameter is found at the end of
+    one path down the tree, not after every module above its depth (``parameters()``
+    builds a generator chain through ``named_modules()``: several µs on every logged
+    call). A model whose parameters sit on several devices is logged on the first found.
+    """
+    buffer_device = None
+    stack: list[nn.Module | None] = [root]
+    while stack:
+        module = stack.pop()
+        if module is not None:
+            for parameter in module._parameters.values():
+                if parameter is not None:
+                    return parameter.device
+            if buffer_device is None:
+                for buffer in module._buffers.values():
+                    if buffer is not None:
+                        buffer_device = buffer.device
+                        break
+            stack.extend(module._modules.values())
+    return buffer_device
+
+
+_device_names: dict[torch.device, str] = {}
+
+
+def _device_name(device: torch.device | None) -> str | None:
+    if device is None:
+        return None
+    name = _device_names.get(device)
+    if name is None:
+        name = _device_names[device] = str(device)
+    return name
+
+
+def _cuda_index(device: torch.device) -> int:
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
+class Recorder:
+    """Decides, per target, what a call measures, and measures it."""
+
+    __slots__ = (
+        "_active",
+        "_aggregate",
+        "_batched",
+        "_errors_only",
+        "_events",
+        "_generation",
+        "_memory",
+        "_otel",
+        "_policy",
+        "_rng",
+        "_sample",
+        "_seed_name",
+        "_sync",
+        "_trace",
+    )
+
+    def __init__(self, name: str, policy: Policy) -> None:
+        self._policy = policy
+        self._generation = -1
+        self._active = False
+        self._events = False
+        self._batched = False
+        self._errors_only = False
+        self._otel = False
+        self._trace = False
+        self._sample = 1.0
+        self._memory = policy.memory
+        self._sync = policy.sync
+        self._rng = random.Random()
+        self._seed_name = name
+        self._aggregate: TargetAggregate = AGGREGATES.target(name)
+
+    def _refresh(self) -> None:
+        settings = _config.current()
+        policy = self._policy
+        self._generation = _config.generation()
+        self._aggregate = AGGREGATES.target(self._seed_name)
+        self._active = settings.enabled if policy.log is None else policy.log
+        self._events = self._active
+        self._batched = PIPELINE.batched(settings)
+        self._errors_only = _config.LEVELS[settings.level] > _config.LEVELS["info"]
+        self._otel = settings.otel
+        self._trace = settings.trace if policy.trace is None else policy.trace
+        self._sample = settings.sample if policy.sample is None else policy.sample
+        if settings.seed is not None:  # the same calls of this target, run after run
+            self._rng.seed(settings.seed ^ zlib.crc32(self._seed_name.encode()))
+        else:  # fresh entropy, so forked workers do not all sample the same calls
+            self._rng.seed()
+
+    def sampled(self) -> bool:
+        """Whether this call is measured at all (``configure(enabled=False)``, ``log=False``:
+        not even counted into the aggregates)."""
+        if self._generation != _config._generation:
+            self._refresh()
+        return self._active
+
+    def begin(
+        self,
+        call: int,
+        modules: Any,
+        args: Any,
+        kwargs: Any,
+        inference: bool,
+        switch: bool,
+        stepped: bool = False,
+    ) -> Measure | None:
+        """Start measuring a call; ``None`` if measuring failed (never raises).
+
+        ``switch`` says whether the call switches its modules to eval; if not, those in
+        training mode are counted (``training_modules``).
+        """
+        try:
+            training = 0 if switch else sum(1 for m in modules or () if m.training)
+            sample = self._sample
+            if not (
+                self._events
+                and (self._batched or _captures or _is_configured())
+                and (sample >= 1.0 or self._rng.random() < sample)
+            ):
+                if self._trace:
+                    traced = FullMeasure(call, inference, training, None, None)
+                    traced.span = OTEL.start_span(self._seed_name)
+                    traced.start_ns = _perf_ns()
+                    return traced
+                # Measure(...) written out: no __init__ frame on the path every call takes.
+                light = _new_measure(Measure)
+                light.call = call
+                light.inference = inference
+                light.training = training
+                light.switched = 0
+                light.fallback = False
+                light.retried = False
+                light.start_ns = _perf_ns()
+                return light
+            device = device_of(args, kwargs, modules)
+            probe = probe_for(device, self._memory)
+            measure = FullMeasure(call, inference, training, device, probe)
+            if self._trace:
+                measure.span = OTEL.start_span(self._seed_name)
+            if device is not None and device.type == "cuda":
+                index = _cuda_index(device)
+                timing = measure.timing = POOL.take(index)
+                timing.start.record(torch.cuda.current_stream(index))
+            measure.wall = _time()
+            measure.probe_state = probe.start()
+            if stepped and isinstance(probe, TensorProbe):
+                measure.tracker = measure.probe_state
+                suspend(measure.tracker)
+            measure.start_ns = _perf_ns()
+            return measure
+        except Exception as error:
+            warn_once(error)
+            return None
+
+    def end(
+        self,
+        measure: Measure | None,
+        target: Any,
+        error: BaseException | None,
+        result: Any = None,
+    ) -> None:
+        """Finish measuring: count the call, and hand its event on (or queue it for its
+        CUDA time)."""
+        if measure is None:
+            return
+        try:
+            timing = measure.timing
+            if timing is not None:  # first: the device time ends where the call did
+                timing.end.record(torch.cuda.current_stream(timing.device))
+            wall_ns = _perf_ns() - measure.start_ns
+            inference = measure.inference and not measure.retried
+            grad = result is not None and any_tensor(result, _records_grad)
+            aggregate = self._aggregate
+            aggregate.add_wall(wall_ns / 1e6)
+            aggregate.add_flags(
+                (ERROR if error is not None else 0)
+                | (0 if inference else NO_GRAD)
+                | (FALLBACK if measure.fallback else 0)
+                | (GRAD if grad or measure.training else 0)
+            )
+            if not measure.call & _FOLD_MASK:
+                aggregate.fold()
+            if self._otel:
+                OTEL.record(target.name, inference, wall_ns, error)
+            probe = measure.probe
+            if probe is None:  # aggregate only
+                if measure.span is not None:
+                    OTEL.end_span(measure.span, target, measure, wall_ns, error)
+                if _waiting_items:
+                    WAITING.drain(block=False)
+                return
+            before, after, peak = probe.stop(measure.probe_state)
+            if peak is not None:
+                aggregate.add_mem(peak)
+            device = _device_name(measure.device)
+            if device is not None:
+                aggregate.group.devices.add(device)
+            rank = PROCESS.rank()
+            # tuple.__new__ straight: a NamedTuple's own __new__ is a Python function.
+            record: CallRecord = _new_tuple(
+                CallRecord,
+                (
+                    target.name,
+                    target.kind,
+                    inference,
+                    measure.fallback,
+                    None if error is None else f"{type(error).__name__}: {error}",
+                    wall_ns,
+                    measure.wall,
+                    device,
+                    probe.kind,
+                    before,
+                    after,
+                    peak,
+                    measure.switched,
+                    measure.call,
+                    _current_thread().name,
+                    rank.rank,
+                    rank.world_size,
+                    grad,
+                    measure.training,
+                    _copy_context(),
+                    None,
+                ),
+            )
+            if measure.span is not None:
+                OTEL.end_span(measure.span, target, measure, wall_ns, error, record)
+            send = error is not None or not self._errors_only
+            if timing is not None:
+                if self._sync:
+                    timing.end.synchronize()
+                    gpu_ms = timing.start.elapsed_time(timing.end)
+                    POOL.give_back(timing)
+                    aggregate.add_gpu(gpu_ms)
+                    record = record._replace(gpu_ms=gpu_ms)
+                else:
+                    WAITING.add(
+                        record, timing, aggregate.add_gpu, batched=self._batched, event=send
+                    )
+                    send = False
+            if _waiting_items:
+                # Earlier calls' events leave here, once this call's work is queued on the
+                # device, rather than at the next call's start, where writing them would
+                # hold back that call's kernels.
+                WAITING.drain(block=False)
+        except Exception as failure:
+            warn_once(failure)
+            return
+        if send:
+            PIPELINE.submit(record, batched=self._batched)
+
+
+def _records_grad(tensor: torch.Tensor) -> bool:
+    return tensor.requires_grad
+
+
+def flush() -> None:
+    """Write every event gradguard still holds: wait for the device times of CUDA calls,
+    then write the waiting batch to the log file (or the console).
+
+    Events are written in batches off the call path, at most about half a second after
+    their call; ``flush()`` writes them now (before reading the log file, say).
+    It is also run at exit, when a multiprocessing worker ends, before ``fork()`` and
+    when ``configure()`` changes the settings.
+    """
+    WAITING.drain(block=True)
+    PIPELINE.flush()
