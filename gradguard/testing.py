@@ -21,7 +21,26 @@ from ._telemetry import capture_events
 __all__ = ["capture_events", "event_schema"]
 
 
-def event_schema() -> dict[str, Any]:
-    """The JSON Schema of the ``gradguard.call`` event (schema 1), shipped in the package."""
-    text = resources.files("gradguard").joinpath("event.schema.json").read_text("utf-8")
+# Each event type's JSON Schema file, shipped in the package.
+_SCHEMA_FILES = {
+    "gradguard.call": "event.schema.json",
+    "gradguard.leak": "leak.schema.json",
+    "gradguard.waste": "waste.schema.json",
+    "gradguard.dropped": "dropped.schema.json",
+}
+
+
+def event_schema(event: str = "gradguard.call") -> dict[str, Any]:
+    """The JSON Schema (schema 1) of an event type gradguard writes, shipped in the package.
+
+    ``event`` is ``"gradguard.call"`` (one per guarded call), ``"gradguard.leak"`` (the leak
+    sentinel), ``"gradguard.waste"`` (``gradguard scan --log-file``) or
+    ``"gradguard.dropped"`` (events dropped when too many waited to be written).
+    """
+    name = _SCHEMA_FILES.get(event)
+    if name is None:
+        listed = ", ".join(map(repr, _SCHEMA_FILES))
+        msg = f"event must be one of {listed}; got {event!r}"
+        raise ValueError(msg)
+    text = resources.files("gradguard").joinpath(name).read_text("utf-8")
     return json.loads(text)  # type: ignore[no-any-return]
