@@ -3,9 +3,17 @@ and the Prometheus collector read.
 
 Every measured call is counted here, logged or not: its wall time into a log-bucket
 sketch (the audit's ``LogSketch``: one implementation, the same 1% bound), and its
-outcome as one byte of flags. Both are appended with one C call each, which threads may
-do at once; they are folded into counts and buckets when read, and every few thousand
-calls, so memory stays bounded. ``stats()`` returns the same keys as a group of
+outcome as one byte of flags, each with one C call (``array.append``). They are folded
+into counts and buckets in bulk when read and every ``FOLD_EVERY`` calls, so memory
+stays bounded. (Keeping each call's ``Measure`` and reading it back at the fold costs
+more in all: the fold then touches thousands of objects twice.)
+
+**Threads.** ``array.append`` is a single C call, atomic under the
+GIL, so threads recording into one target at once need no lock on the call path. A fold
+takes the target's lock, copies exactly the items it found and deletes exactly those
+(``del x[:n]``), so an item appended by another thread meanwhile waits for the next fold
+instead of being lost or counted twice. (A free-threaded build, without the GIL, would
+need a lock or per-thread buffers here.) ``stats()`` returns the same keys as a group of
 ``gradguard audit --format json``, built by the audit's own code.
 """
 

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from .. import _config
-from .._memory import Probe, TensorProbe, probe_for, suspend
+from .._memory import Probe, TensorProbe, _cache as _probes, probe_for, suspend
 from .._outputs import any_tensor, shallow_tensors
 from ._aggregate import AGGREGATES, ERROR, FALLBACK, FOLD_EVERY, GRAD, NO_GRAD, TargetAggregate
 from ._cuda import POOL, WAITING, Timing
@@ -42,22 +42,45 @@ __all__ = ["FullMeasure", "Measure", "Recorder", "device_of", "flush"]
 _perf_ns = time.perf_counter_ns
 _time = time.time
 _current_thread = threading.current_thread
+_get_ident = threading.get_ident
 _copy_context = contextvars.copy_context
 _new_tuple = tuple.__new__
 _new_measure = object.__new__
 _FOLD_MASK = FOLD_EVERY - 1
 _waiting_items = WAITING._items  # the list itself: its truth is the cheapest check
 _captures = PIPELINE.captures  # the same list for the life of the process
-_is_configured = structlog.is_configured
+_Tensor = torch.Tensor
+
+
+class _StructlogConfigured:
+    """``is_configured`` read as an attribute, where structlog's own object is not there."""
+
+    @property
+    def is_configured(self) -> bool:
+        return structlog.is_configured()
+
+
+# structlog.is_configured() returns this object's attribute: read straight, it is an
+# attribute look-up on the path every unconfigured call takes, not a Python call.
+_STRUCTLOG: Any = getattr(getattr(structlog, "_config", None), "_CONFIG", None)
+if not hasattr(_STRUCTLOG, "is_configured"):
+    _STRUCTLOG = _StructlogConfigured()
 
 
 class Measure:
     """What is known about one measured call while it runs: on the aggregate-only path,
-    only what the call path itself sets (``FullMeasure`` adds the rest)."""
+    only what the call path itself sets (``FullMeasure`` adds the rest).
 
-    __slots__ = ("call", "fallback", "inference", "retried", "start_ns", "switched", "training")
-    # Read on every call, set only on the full-event path (FullMeasure's slots shadow
-    # these): class attributes, so the aggregate-only path does not pay for setting them.
+    The call's outcome is kept as the aggregate's byte of flags from the start
+    (``NO_GRAD`` for a call that starts under ``no_grad``, ``GRAD`` when modules are in
+    training mode), so the aggregate-only path sets four slots and appends that byte
+    (with ``ERROR`` or ``GRAD`` added at the end). ``fallback`` and ``retried``, set by
+    the call path only when a call falls back, are properties over those flags.
+    """
+
+    __slots__ = ("call", "flags", "start_ns", "switched")
+    # Read on the full-event path only, set there (FullMeasure's slots shadow these):
+    # class attributes, so the aggregate-only path does not pay for setting them.
     device: torch.device | None = None
     probe: Probe | None = None
     probe_state: Any = None
@@ -67,21 +90,47 @@ class Measure:
     # while a step runs (Target.enter/leave), not between steps.
     tracker: Any = None
     wall = 0.0
+    training = 0  # modules in training mode (not switched to eval)
+    call: int
+    flags: int
     start_ns: int
+    switched: int
 
     def __init__(self, call: int, inference: bool, training: int) -> None:
         self.call = call
-        self.inference = inference
-        self.training = training
+        self.flags = (0 if inference else NO_GRAD) | (GRAD if training else 0)
         self.switched = 0
-        self.fallback = False
-        self.retried = False
+
+    @property
+    def fallback(self) -> bool:
+        """Whether the call fell back from inference mode (``fallback="retry"``/``"warn"``)."""
+        return bool(self.flags & FALLBACK)
+
+    @fallback.setter
+    def fallback(self, value: bool) -> None:
+        if value:
+            self.flags |= FALLBACK
+
+    @property
+    def retried(self) -> bool:
+        """Whether the call was run again under ``no_grad`` after falling back."""
+        return self.flags & (FALLBACK | NO_GRAD) == FALLBACK | NO_GRAD
+
+    @retried.setter
+    def retried(self, value: bool) -> None:
+        if value:  # only a call that started in inference mode falls back
+            self.flags |= NO_GRAD
+
+    @property
+    def inference(self) -> bool:
+        """Whether the call started in inference mode (a retried call did)."""
+        return not self.flags & NO_GRAD or self.retried
 
 
 class FullMeasure(Measure):
     """A call that emits a full event (or an OpenTelemetry span): device, probe, timing."""
 
-    __slots__ = ("device", "probe", "probe_state", "span", "timing", "tracker", "wall")
+    __slots__ = ("device", "probe", "probe_state", "span", "timing", "tracker", "training", "wall")
 
     def __init__(
         self,
@@ -92,8 +141,10 @@ class FullMeasure(Measure):
         probe: Probe | None,
     ) -> None:
         Measure.__init__(self, call, inference, training)
+        self.training = training
         self.device = device
         self.probe = probe
+        self.probe_state = None
         self.timing = None
         self.span = None
         self.tracker = None
@@ -168,6 +219,8 @@ class Recorder:
 
     __slots__ = (
         "_active",
+        "_add_flags",
+        "_add_wall",
         "_aggregate",
         "_batched",
         "_errors_only",
@@ -198,12 +251,16 @@ class Recorder:
         self._rng = random.Random()
         self._seed_name = name
         self._aggregate: TargetAggregate = AGGREGATES.target(name)
+        self._add_wall = self._aggregate.add_wall
+        self._add_flags = self._aggregate.add_flags
 
     def _refresh(self) -> None:
         settings = _config.current()
         policy = self._policy
         self._generation = _config.generation()
         self._aggregate = AGGREGATES.target(self._seed_name)
+        self._add_wall = self._aggregate.add_wall
+        self._add_flags = self._aggregate.add_flags
         self._active = settings.enabled if policy.log is None else policy.log
         self._events = self._active
         self._batched = PIPELINE.batched(settings)
@@ -239,31 +296,41 @@ class Recorder:
         training mode are counted (``training_modules``).
         """
         try:
-            training = 0 if switch else sum(1 for m in modules or () if m.training)
             sample = self._sample
             if not (
                 self._events
-                and (self._batched or _captures or _is_configured())
+                and (self._batched or _captures or _STRUCTLOG.is_configured)
                 and (sample >= 1.0 or self._rng.random() < sample)
             ):
                 if self._trace:
-                    traced = FullMeasure(call, inference, training, None, None)
+                    traced = FullMeasure(call, inference, _training(modules, switch), None, None)
                     traced.span = OTEL.start_span(self._seed_name)
                     traced.start_ns = _perf_ns()
                     return traced
-                # Measure(...) written out: no __init__ frame on the path every call takes.
+                # The aggregate-only path, written out: no __init__ frame, no generator,
+                # four slots set. A module in training mode is looked for only where the
+                # call does not switch its modules to eval.
                 light = _new_measure(Measure)
                 light.call = call
-                light.inference = inference
-                light.training = training
+                light.flags = (
+                    (0 if inference else NO_GRAD) | GRAD
+                    if modules and not switch and _any_training(modules)
+                    else 0 if inference else NO_GRAD
+                )
                 light.switched = 0
-                light.fallback = False
-                light.retried = False
                 light.start_ns = _perf_ns()
                 return light
             device = device_of(args, kwargs, modules)
-            probe = probe_for(device, self._memory)
-            measure = FullMeasure(call, inference, training, device, probe)
+            probe = _probes.get((device, self._memory)) or probe_for(device, self._memory)
+            # FullMeasure(...) written out: no __init__ frames.
+            measure = _new_measure(FullMeasure)
+            measure.call = call
+            training = measure.training = _training(modules, switch)
+            measure.flags = (0 if inference else NO_GRAD) | (GRAD if training else 0)
+            measure.switched = 0
+            measure.device = device
+            measure.probe = probe
+            measure.timing = measure.span = measure.tracker = None
             if self._trace:
                 measure.span = OTEL.start_span(self._seed_name)
             if device is not None and device.type == "cuda":
@@ -292,29 +359,57 @@ class Recorder:
         CUDA time)."""
         if measure is None:
             return
+        if type(measure) is not Measure:
+            self._end_full(measure, target, error, result)  # type: ignore[arg-type]
+            return
+        try:
+            wall_ns = _perf_ns() - measure.start_ns
+            flags = measure.flags
+            if error is not None:
+                flags |= ERROR
+            elif result is not None and not flags & GRAD and _any_grad(result):
+                flags |= GRAD
+            # Two appends to C arrays (a double, a byte), each one C call and atomic under
+            # the GIL (see _aggregate): threads recording into one target need no lock.
+            # The fold every FOLD_EVERY calls reads them in bulk.
+            self._add_wall(wall_ns / 1e6)
+            self._add_flags(flags)
+            if not measure.call & _FOLD_MASK:
+                self._aggregate.fold()
+            if self._otel:
+                OTEL.record(target.name, not flags & NO_GRAD, wall_ns, error)
+            if _waiting_items:
+                WAITING.drain(block=False)
+        except Exception as failure:
+            warn_once(failure)
+
+    def _end_full(
+        self,
+        measure: FullMeasure,
+        target: Any,
+        error: BaseException | None,
+        result: Any,
+    ) -> None:
         try:
             timing = measure.timing
             if timing is not None:  # first: the device time ends where the call did
                 timing.end.record(torch.cuda.current_stream(timing.device))
             wall_ns = _perf_ns() - measure.start_ns
-            inference = measure.inference and not measure.retried
-            grad = result is not None and any_tensor(result, _records_grad)
+            flags = measure.flags
+            inference = not flags & NO_GRAD
+            grad = result is not None and _any_grad(result)
             aggregate = self._aggregate
             aggregate.add_wall(wall_ns / 1e6)
             aggregate.add_flags(
-                (ERROR if error is not None else 0)
-                | (0 if inference else NO_GRAD)
-                | (FALLBACK if measure.fallback else 0)
-                | (GRAD if grad or measure.training else 0)
+                flags | (ERROR if error is not None else 0) | (GRAD if grad else 0)
             )
             if not measure.call & _FOLD_MASK:
                 aggregate.fold()
             if self._otel:
                 OTEL.record(target.name, inference, wall_ns, error)
             probe = measure.probe
-            if probe is None:  # aggregate only
-                if measure.span is not None:
-                    OTEL.end_span(measure.span, target, measure, wall_ns, error)
+            if probe is None:  # traced only: no event
+                OTEL.end_span(measure.span, target, measure, wall_ns, error)
                 if _waiting_items:
                     WAITING.drain(block=False)
                 return
@@ -332,7 +427,7 @@ class Recorder:
                     target.name,
                     target.kind,
                     inference,
-                    measure.fallback,
+                    bool(flags & FALLBACK),
                     None if error is None else f"{type(error).__name__}: {error}",
                     wall_ns,
                     measure.wall,
@@ -343,7 +438,7 @@ class Recorder:
                     peak,
                     measure.switched,
                     measure.call,
-                    _current_thread().name,
+                    _thread_name(),
                     rank.rank,
                     rank.world_size,
                     grad,
@@ -377,6 +472,41 @@ class Recorder:
             return
         if send:
             PIPELINE.submit(record, batched=self._batched)
+
+
+def _thread_name() -> str:
+    """``threading.current_thread().name``, without its frame for a thread threading knows.
+
+    ``threading._active`` (ident -> Thread) is read from the module each time: threading
+    may rebuild it (after a fork).
+    """
+    thread = threading._active.get(_get_ident())  # type: ignore[attr-defined]
+    return (thread or _current_thread()).name
+
+
+if not isinstance(getattr(threading, "_active", None), dict):  # another implementation
+
+    def _thread_name() -> str:
+        return _current_thread().name
+
+
+def _training(modules: Any, switch: bool) -> int:
+    """Modules in training mode that the call does not switch to eval."""
+    return 0 if switch or not modules else sum(1 for m in modules if m.training)
+
+
+def _any_training(modules: Any) -> bool:
+    for module in modules:  # noqa: SIM110 - a plain loop: any() would build a generator
+        if module.training:
+            return True
+    return False
+
+
+def _any_grad(result: Any) -> bool:
+    """Whether the call's result records autograd history (a tensor requiring grad)."""
+    if type(result) is _Tensor:  # the common case, without the walk's frames
+        return result.requires_grad
+    return any_tensor(result, _records_grad)
 
 
 def _records_grad(tensor: torch.Tensor) -> bool:

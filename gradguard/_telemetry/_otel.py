@@ -46,7 +46,7 @@ class OpenTelemetry:
     def __init__(self) -> None:
         self._histogram: Any = None
         self._tracer: Any = None
-        self._attributes: dict[tuple[str, bool], dict[str, str]] = {}
+        self._attributes: dict[tuple[str, bool, type | None], dict[str, str]] = {}
 
     def reset(self) -> None:
         self._histogram = None
@@ -71,15 +71,24 @@ class OpenTelemetry:
         self, target: str, inference: bool, wall_ns: int, error: BaseException | None
     ) -> None:
         histogram = self._histogram or self._make_histogram()
-        key = (target, inference)
+        # One attribute dict per (target, mode, error type), built once and handed to
+        # every record: the SDK keys its aggregation on the same items every time.
+        key = (target, inference, None if error is None else type(error))
         attributes = self._attributes.get(key)
         if attributes is None:
-            mode = "inference" if inference else "no_grad"
-            attributes = {"gradguard.target": target, "gradguard.mode": mode}
-            self._attributes[key] = attributes
-        if error is not None:
-            attributes = {**attributes, "error.type": type(error).__qualname__}
+            attributes = self._attributes_for(key)
         histogram.record(wall_ns / 1e9, attributes)
+
+    def _attributes_for(self, key: tuple[str, bool, type | None]) -> dict[str, str]:
+        target, inference, error_type = key
+        mode = "inference" if inference else "no_grad"
+        attributes = {"gradguard.target": target, "gradguard.mode": mode}
+        if error_type is not None:
+            attributes["error.type"] = error_type.__qualname__
+        if len(self._attributes) >= 4096:  # bounded: error types made on the fly
+            self._attributes.clear()
+        self._attributes[key] = attributes
+        return attributes
 
     def start_span(self, name: str) -> Any:
         tracer = self._tracer

@@ -200,10 +200,18 @@ class Pipeline:
         if self._unreported:
             batches[None] = [self._dropped_line(console)]
         pid, host = PROCESS.pid, PROCESS.host
+        lines_of = batches.get
         for item in items:
             try:
-                if type(item) is CallRecord and not console and not bound(item.context):
-                    batches.setdefault(item.rank, []).append(call_line(item, pid, host))
+                # A call with nothing bound in its context (len() of an empty Context is
+                # 0: structlog's contextvars are not even looked up): the templated line.
+                if type(item) is CallRecord and not console and not (
+                    len(item.context) and bound(item.context)
+                ):
+                    lines = lines_of(item.rank)
+                    if lines is None:
+                        lines = batches[item.rank] = []
+                    lines.append(call_line(item, pid, host))
                     continue
                 event, _, fields, context = _expand(item)
                 merged = with_context(context, event, fields)

@@ -90,74 +90,89 @@ def call_fields(record: CallRecord, pid: int, host: str) -> dict[str, Any]:
     return fields
 
 
+class _Chunks(NamedTuple):
+    """The JSON of a call line's fields that repeat from call to call, in three runs."""
+
+    outcome: str  # level, target, kind, mode, fallback, status, then the "wall_ms" key
+    where: str  # device and memory kind, then the "mem_before_bytes" key
+    who: str  # pid, host, thread, rank, world size, grad_recorded, "training_modules"
+
+
+class _Templates(dict[tuple[Any, ...], _Chunks]):
+    """``templates[key]``: the JSON of every field of a call line that stays the same
+    from call to call (target, kind, device, memory kind, thread, rank, world size, pid,
+    host, and the outcome: status, mode, fallback, grad), rendered once per key, here."""
+
+    def __missing__(self, key: tuple[Any, ...]) -> _Chunks:
+        (target, kind, device, mem_kind, thread, rank, world_size, pid, host, ok,
+         inference, fallback, grad) = key  # fmt: skip
+        js = json.dumps
+        chunks = _Chunks(
+            f'"level":"{"info" if ok else "error"}","target":{js(target)},'
+            f'"kind":{js(kind)},"mode":"{"inference" if inference else "no_grad"}",'
+            f'"fallback":{js(bool(fallback))},"status":"{"ok" if ok else "error"}",'
+            '"wall_ms":',
+            f'"device":{js(device)},"mem_kind":{js(mem_kind)},"mem_before_bytes":',
+            f'"pid":{js(pid)},"host":{js(host)},"thread":{js(thread)},"rank":{js(rank)},'
+            f'"world_size":{js(world_size)},"grad_recorded":{js(bool(grad))},'
+            '"training_modules":',
+        )
+        if len(self) >= 4096:  # bounded: threads named per task would grow it forever
+            self.clear()
+        self[key] = chunks
+        return chunks
+
+
+_TEMPLATES = _Templates()
+
+# Short on purpose: "%" reads its template character by character, so the long runs
+# that repeat (_Chunks) go in as arguments, copied whole.
 _CALL_LINE = (
-    '{"event":"gradguard.call","schema":1,"timestamp":"%s.%06dZ","level":"%s","target":%s,'
-    '"kind":%s,"mode":"%s","fallback":%s,"status":"%s","wall_ms":%s,"gpu_ms":%s,'
-    '"device":%s,"mem_kind":%s,"mem_before_bytes":%s,"mem_after_bytes":%s,'
-    '"mem_peak_bytes":%s,"eval_switched":%d,"call":%d,"pid":%d,"host":%s,"thread":%s,'
-    '"rank":%s,"world_size":%s,"grad_recorded":%s,"training_modules":%d%s}\n'
+    '{"event":"gradguard.call","schema":1,"timestamp":"%s.%06dZ",%s%d.%06d,"gpu_ms":%s,'
+    '%s%s,"mem_after_bytes":%s,"mem_peak_bytes":%s,"eval_switched":%d,"call":%d,%s%d}\n'
 )
-
-
-class _JsonStrings(dict[Any, str]):
-    """``strings[value]``: ``value`` as JSON (a string, or null for None), kept, since
-    targets, kinds, devices, hosts and threads repeat; a hit is one C-level look-up."""
-
-    def __missing__(self, value: str | None) -> str:
-        text = json.dumps(value)
-        if len(self) < 4096:
-            self[value] = text
-        return text
-
-
-_JSON_STRINGS = _JsonStrings()
+_CALL_LINE_ERROR = _CALL_LINE[:-2] + ',"error":%s}\n'
 
 
 def call_line(record: CallRecord, pid: int, host: str) -> bytes:
     """The JSON line of a call event with nothing bound in its context.
 
-    The same line ``render_line(with_context(...))`` gives, field for field, formatted
-    with one ``%`` of a template instead of a dict through a JSON encoder, every value
-    taken from one unpacking of the record: less than half the cost, paid for every
-    event written. (``%s`` of a float is its ``repr``: valid JSON for a finite float.)
+    The same line ``render_line(with_context(...))`` gives, field for field: the fields
+    that repeat from call to call are rendered once per target, thread and outcome
+    (``_Templates``), and one short ``%`` formats the call's own figures, all integers
+    but the start time, between them: a fraction of a dict through a JSON encoder, paid
+    for every event written. ``wall_ms`` is written as the decimal of its nanoseconds
+    (``0.123456``), which parses to the same float as ``wall_ns / 1e6``.
     """
     (target, kind, inference, fallback, error, wall_ns, wall, device, mem_kind, before,
      after, peak, switched, call, thread, rank, world_size, grad, training, _,
      gpu_ms) = record  # fmt: skip
-    js = _JSON_STRINGS
     ok = error is None
+    outcome, where, who = _TEMPLATES[
+        target, kind, device, mem_kind, thread, rank, world_size, pid, host, ok, inference,
+        fallback, grad,
+    ]  # fmt: skip
     second = _floor(wall)
     stamp = _stamp if _stamp.second == second else _stamp_of(second)
-    return (
-        _CALL_LINE
-        % (
-            stamp.text,
-            (wall - second) * 1_000_000,
-            "info" if ok else "error",
-            js[target],
-            js[kind],
-            "inference" if inference else "no_grad",
-            "true" if fallback else "false",
-            "ok" if ok else "error",
-            wall_ns / 1e6,
-            "null" if gpu_ms is None else gpu_ms,
-            js[device],
-            js[mem_kind],
-            "null" if before is None else before,
-            "null" if after is None else after,
-            "null" if peak is None else peak,
-            switched,
-            call,
-            pid,
-            js[host],
-            js[thread],
-            "null" if rank is None else rank,
-            "null" if world_size is None else world_size,
-            "true" if grad else "false",
-            training,
-            "" if ok else ',"error":' + json.dumps(error),
-        )
-    ).encode()
+    values = (
+        stamp.text,
+        (wall - second) * 1_000_000,
+        outcome,
+        wall_ns // 1_000_000,
+        wall_ns % 1_000_000,
+        "null" if gpu_ms is None else repr(gpu_ms),
+        where,
+        "null" if before is None else before,
+        "null" if after is None else after,
+        "null" if peak is None else peak,
+        switched,
+        call,
+        who,
+        training,
+    )
+    if ok:
+        return (_CALL_LINE % values).encode()
+    return (_CALL_LINE_ERROR % (*values, json.dumps(error))).encode()
 
 
 def bound(context: contextvars.Context) -> dict[str, Any]:

@@ -11,16 +11,31 @@ it was given short of the disk refusing it:
   on a fresh line;
 - a file that does not end with a newline (a crashed process's torn last line) is
   continued on a fresh line, never glued to it.
+
+Where ``fcntl.flock`` exists, each batch is written, and the file's last byte looked at,
+under an exclusive lock on the file: a process opening the file while another one is in
+the middle of a write would otherwise see that line half written, take it for a torn
+line and start an empty one. (A lock costs two system calls per batch.)
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from collections.abc import Callable, Iterator
 from io import FileIO
 from typing import NamedTuple
 
 from ._process import PROCESS
+
+try:
+    import fcntl
+
+    _flock: Callable[[int, int], None] | None = fcntl.flock
+    _LOCK_EX, _LOCK_UN = fcntl.LOCK_EX, fcntl.LOCK_UN
+except ImportError:  # Windows: no advisory locks; a write is still one append
+    _flock, _LOCK_EX, _LOCK_UN = None, 0, 0
 
 __all__ = ["ConsoleSink", "FileSink", "Written"]
 
@@ -56,8 +71,9 @@ class FileSink:
             status = os.fstat(file.fileno())
             self.identity = (status.st_dev, status.st_ino)
             # A file left ending inside a line (a process killed mid-write) is continued
-            # on a fresh line.
-            self.torn = status.st_size > 0 and _last_byte(self.path) != b"\n"
+            # on a fresh line; under the lock, another process's write is seen whole.
+            with _locked(file):
+                self.torn = os.fstat(file.fileno()).st_size > 0 and (_last_byte(self.path) != b"\n")
         except OSError:
             self.identity = (-1, -1)
             self.torn = False
@@ -94,11 +110,12 @@ class FileSink:
         view = memoryview(data)
         done = 0
         try:
-            while done < len(data):
-                written = self.file.write(view[done:])
-                if not written:  # a zero-length write: the device takes no more
-                    raise OSError(28, os.strerror(28))
-                done += written
+            with _locked(self.file):
+                while done < len(data):
+                    written = self.file.write(view[done:])
+                    if not written:  # a zero-length write: the device takes no more
+                        raise OSError(28, os.strerror(28))
+                    done += written
         except BaseException as error:
             # Everything up to the last whole line written is on disk; the rest is lost.
             if done:
@@ -116,6 +133,28 @@ class FileSink:
 
     def close(self) -> None:
         self.file.close()
+
+
+@contextlib.contextmanager
+def _locked(file: FileIO) -> Iterator[None]:
+    """An exclusive ``flock`` on ``file`` while the block runs, where there is one (a
+    file system that refuses it, or a descriptor that is no file, runs the block
+    unlocked)."""
+    locked = False
+    fd = -1
+    try:
+        if _flock is not None:
+            fd = file.fileno()
+            _flock(fd, _LOCK_EX)
+            locked = True
+    except (AttributeError, OSError, ValueError):  # no descriptor, or no lock there
+        locked = False
+    try:
+        yield
+    finally:
+        if locked and _flock is not None:
+            with contextlib.suppress(OSError):
+                _flock(fd, _LOCK_UN)
 
 
 def _last_byte(path: str) -> bytes:
