@@ -9,7 +9,6 @@ except the ``"peak"`` probes, which reset a peak counter by design and say so.
 from __future__ import annotations
 
 import os
-import resource
 import sys
 import weakref
 from typing import Any
@@ -17,6 +16,11 @@ from typing import Any
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
+
+try:
+    import resource  # POSIX only: on Windows the CPU figures are null
+except ImportError:  # pragma: no cover - exercised by a test that hides the module
+    resource = None  # type: ignore[assignment]
 
 __all__ = ["Probe", "TensorProbe", "probe_for", "resume", "suspend"]
 
@@ -45,7 +49,8 @@ class _Statm:
 
     def __init__(self) -> None:
         self.rss = self._reader()
-        os.register_at_fork(after_in_child=self._reopen)
+        if hasattr(os, "register_at_fork"):  # where there is /proc, there is fork
+            os.register_at_fork(after_in_child=self._reopen)
 
     def _reopen(self) -> None:
         os.close(self._fd)
@@ -285,7 +290,9 @@ def probe_for(device: torch.device | None, memory: str) -> Probe:
     elif os.path.exists("/proc/self/statm"):
         _statm = _statm or _Statm()
         probe = RssPeakProbe(_statm) if memory == "peak" else RssProbe(_statm)
-    else:
+    elif resource is not None:
         probe = MaxRssProbe()
+    else:  # neither /proc nor getrusage (Windows): the event's CPU memory figures are null
+        probe = Probe()
     _cache[key] = probe
     return probe
