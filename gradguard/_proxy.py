@@ -183,7 +183,7 @@ def _options_repr(policy: Policy, methods: tuple[str, ...]) -> str:
     default = Policy()
     shown = [
         f"{field}={getattr(policy, field)!r}"
-        for field in ("mode", "eval", "name", "outputs", "retry")
+        for field in ("mode", "eval", "name", "outputs", "retry", "net")
         if getattr(policy, field) != getattr(default, field)
     ]
     if policy.modules != "auto":

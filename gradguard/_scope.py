@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
+from ._net import NetCall
 from ._policy import make_policy
 from ._stack import caller_name
 from ._target import Step, Target, Watch, _unwrap
@@ -89,6 +90,7 @@ class scope:  # used like a function: `with gradguard.scope(model):`
         self._block: list[Any] = []
         self._measure: Measure | None = None
         self._watch: Watch | None = None
+        self._net: NetCall | None = None
         self._inference = target.inference
 
     def __enter__(self) -> Self:
@@ -99,9 +101,11 @@ class scope:  # used like a function: `with gradguard.scope(model):`
             )
             raise RuntimeError(msg)
         target = self._target
-        modules, self._measure, _, self._watch = target.begin(None, (), {}, self._modules)
+        modules, self._measure, _, self._watch, self._net = target.begin(
+            None, (), {}, self._modules
+        )
         self._inference = target.inference
-        self._step = target.enter(modules, self._measure)
+        self._step = target.enter(modules, self._measure, self._net)
         self._block = [target, self._step, False]
         _open.blocks.append(self._block)
         return self
@@ -125,7 +129,7 @@ class scope:  # used like a function: `with gradguard.scope(model):`
             if exc is not None and self._inference:
                 target.fall_back(exc, can_retry=False, measure=measure)  # next run: no_grad
         finally:
-            target.end(measure, exc, None, self._watch)
+            target.end(measure, exc, None, self._watch, self._net)
 
     async def __aenter__(self) -> Self:
         return self.__enter__()

@@ -16,7 +16,8 @@ from typing import Any
 
 from torch import nn
 
-from ._target import Target
+from ._net import NetCall
+from ._target import Step, Target
 from ._telemetry import Measure
 
 __all__ = ["async_generator_call", "coroutine_call", "generator_call"]
@@ -34,6 +35,7 @@ def _start(
     measure: Measure | None,
     make: Callable[[], Any],
     send: str,
+    net: NetCall | None,
 ) -> tuple[Any, Any]:
     """Create the body and run its first step; once more under no_grad if auto falls back.
 
@@ -43,16 +45,22 @@ def _start(
     for attempt in (1, 2):
         body = make()
         inference = target.inference
-        step = target.enter(modules, measure)
+        step: Step | None = None
         try:
-            return body, getattr(body, send)(None)
-        except RuntimeError as error:
-            if not inference or attempt == 2:
-                raise
-            if target.fall_back(error, measure=measure) != "retry":
-                raise
+            try:
+                step = target.enter(modules, measure, net)
+                return body, getattr(body, send)(None)
+            except RuntimeError as error:
+                if not inference or attempt == 2:
+                    raise
+                if target.fall_back(error, measure=measure) != "retry":
+                    raise
+            finally:
+                if step is not None:
+                    target.leave(step)
         finally:
-            target.leave(step)
+            if step is not None:
+                target.leave(step)  # again: finishes a leave an interrupt stopped
     raise AssertionError("unreachable")  # pragma: no cover
 
 
@@ -69,13 +77,13 @@ def generator_call(
     kwargs: dict[str, Any],
 ) -> Generator[Any, Any, Any]:
     """Run a generator with the mode on only while its body runs."""
-    modules, measure, call, watch = target.begin(instance, args, kwargs)
+    modules, measure, call, watch, net = target.begin(instance, args, kwargs)
     failure: BaseException | None = None
     result = None
     try:
         try:
             gen, response = _start(
-                target, modules, measure, lambda: wrapped(*args, **kwargs), "send"
+                target, modules, measure, lambda: wrapped(*args, **kwargs), "send", net
             )
         except StopIteration as stop:
             result = stop.value
@@ -83,7 +91,7 @@ def generator_call(
         inference = target.inference
         _running.add(gen)
         try:
-            result = yield from _resume(target, modules, measure, gen, response, call)
+            result = yield from _resume(target, modules, measure, gen, response, call, net)
         except RuntimeError as error:
             _late_fall_back(target, error, inference, measure)
             raise
@@ -94,7 +102,7 @@ def generator_call(
         failure = None if isinstance(error, GeneratorExit) else error  # closed early: fine
         raise
     finally:
-        target.end(measure, failure, result, watch)
+        target.end(measure, failure, result, watch, net)
 
 
 def _resume(
@@ -104,61 +112,80 @@ def _resume(
     gen: Generator[Any, Any, Any],
     response: Any,
     call: int,
+    net: NetCall | None,
 ) -> Generator[Any, Any, Any]:
     enter, leave, deliver = target.enter, target.leave, target.deliver
     while True:
         try:
             request = yield deliver(response, call)
         except GeneratorExit:  # closed early, or collected: its cleanup runs guarded too
-            target.run_step(modules, measure, gen.close)
+            target.run_step(modules, measure, gen.close, net)
             raise
         except BaseException as thrown:
             advance: Callable[[Any], Any] = gen.throw
             value = thrown
         else:
             advance, value = gen.send, request
-        step = enter(modules, measure)
+        step: Step | None = None
         try:
-            response = advance(value)
-        except StopIteration as stop:
-            return stop.value
+            try:
+                step = enter(modules, measure, net)
+                response = advance(value)
+            except StopIteration as stop:
+                return stop.value
+            finally:
+                if step is not None:
+                    leave(step)
         finally:
-            leave(step)
+            if step is not None:
+                leave(step)  # again: finishes a leave an interrupt stopped
 
 
 class _Stepped:
     """Await ``inner`` (a coroutine, or an async generator's asend/athrow/aclose) with the
     target's mode entered around each of its steps and left while it is suspended."""
 
-    __slots__ = ("_inner", "_measure", "_modules", "_target")
+    __slots__ = ("_inner", "_measure", "_modules", "_net", "_target")
 
     def __init__(
-        self, target: Target, modules: list[nn.Module], measure: Measure | None, inner: Any
+        self,
+        target: Target,
+        modules: list[nn.Module],
+        measure: Measure | None,
+        inner: Any,
+        net: NetCall | None = None,
     ) -> None:
         self._target = target
         self._modules = modules
         self._measure = measure
         self._inner = inner
+        self._net = net
 
     def __await__(self) -> Generator[Any, Any, Any]:
-        inner, modules, measure = self._inner, self._modules, self._measure
+        inner, modules, measure, net = self._inner, self._modules, self._measure, self._net
         enter, leave = self._target.enter, self._target.leave
         value: Any = None
         thrown: BaseException | None = None
         _running.add(inner)
         try:
             while True:
-                step = enter(modules, measure)
+                step: Step | None = None
                 try:
-                    yielded = inner.send(value) if thrown is None else inner.throw(thrown)
-                except StopIteration as stop:
-                    return stop.value
+                    try:
+                        step = enter(modules, measure, net)
+                        yielded = inner.send(value) if thrown is None else inner.throw(thrown)
+                    except StopIteration as stop:
+                        return stop.value
+                    finally:
+                        if step is not None:
+                            leave(step)
                 finally:
-                    leave(step)
+                    if step is not None:
+                        leave(step)  # again: finishes a leave an interrupt stopped
                 try:
                     value, thrown = (yield yielded), None
                 except GeneratorExit:
-                    self._target.run_step(modules, measure, inner.close)
+                    self._target.run_step(modules, measure, inner.close, net)
                     raise
                 except BaseException as error:  # cancellation included: the body sees it
                     value, thrown = None, error
@@ -174,20 +201,20 @@ async def coroutine_call(
     kwargs: dict[str, Any],
 ) -> Any:
     """Await a coroutine with the mode on only while its body runs."""
-    modules, measure, call, watch = target.begin(instance, args, kwargs)
+    modules, measure, call, watch, net = target.begin(instance, args, kwargs)
     inference = target.inference
     try:
         try:
-            result = await _Stepped(target, modules, measure, wrapped(*args, **kwargs))
+            result = await _Stepped(target, modules, measure, wrapped(*args, **kwargs), net)
         except RuntimeError as error:
             if not inference or target.fall_back(error, measure=measure) != "retry":
                 raise
-            result = await _Stepped(target, modules, measure, wrapped(*args, **kwargs))
+            result = await _Stepped(target, modules, measure, wrapped(*args, **kwargs), net)
         result = target.deliver(result, call)
     except BaseException as error:
-        target.end(measure, error, None, watch)
+        target.end(measure, error, None, watch, net)
         raise
-    target.end(measure, None, result, watch)
+    target.end(measure, None, result, watch, net)
     return result
 
 
@@ -199,14 +226,14 @@ async def async_generator_call(
     kwargs: dict[str, Any],
 ) -> AsyncGenerator[Any, Any]:
     """Iterate an async generator with the mode on only while its body runs."""
-    modules, measure, call, watch = target.begin(instance, args, kwargs)
+    modules, measure, call, watch, net = target.begin(instance, args, kwargs)
     failure: BaseException | None = None
     agen = wrapped(*args, **kwargs)
     inference = target.inference
     _running.add(agen)
     try:
         try:
-            response = await _Stepped(target, modules, measure, agen.asend(None))
+            response = await _Stepped(target, modules, measure, agen.asend(None), net)
         except StopAsyncIteration:
             return
         except RuntimeError as error:
@@ -216,7 +243,7 @@ async def async_generator_call(
             agen = wrapped(*args, **kwargs)  # nothing reached the caller yet: start again
             _running.add(agen)
             try:
-                response = await _Stepped(target, modules, measure, agen.asend(None))
+                response = await _Stepped(target, modules, measure, agen.asend(None), net)
             except StopAsyncIteration:
                 return
         inference = target.inference
@@ -225,14 +252,14 @@ async def async_generator_call(
                 try:
                     request = yield target.deliver(response, call)
                 except GeneratorExit:
-                    await _Stepped(target, modules, measure, agen.aclose())
+                    await _Stepped(target, modules, measure, agen.aclose(), net)
                     raise
                 except BaseException as thrown:
                     awaitable = agen.athrow(thrown)
                 else:
                     awaitable = agen.asend(request)
                 try:
-                    response = await _Stepped(target, modules, measure, awaitable)
+                    response = await _Stepped(target, modules, measure, awaitable, net)
                 except StopAsyncIteration:
                     return
         except RuntimeError as error:
@@ -243,4 +270,4 @@ async def async_generator_call(
         raise
     finally:
         _running.discard(agen)
-        target.end(measure, failure, None, watch)
+        target.end(measure, failure, None, watch, net)
