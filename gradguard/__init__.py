@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from ._decorate import GuardedFunction, infer
     from ._describe import describe
     from ._errors import (
+        EvalWarning,
         FallbackWarning,
         GradguardWarning,
         LeakError,
@@ -25,12 +26,14 @@ if TYPE_CHECKING:
     from ._policy import Policy
     from ._proxy import GuardedModule, guard, unguard
     from ._scope import scope
-    from ._target import TargetInfo
+    from ._target import FoundModule, TargetInfo
     from ._telemetry import flush
 
 __all__ = [
+    "EvalWarning",
     "FallbackWarning",
     "Findings",
+    "FoundModule",
     "GradguardWarning",
     "GuardedFunction",
     "GuardedModule",
@@ -54,7 +57,9 @@ __all__ = [
 __version__ = "0.1.0.dev0"
 
 _WHERE = {
+    "EvalWarning": "._errors",
     "FallbackWarning": "._errors",
+    "FoundModule": "._target",
     "GradguardWarning": "._errors",
     "GuardedFunction": "._decorate",
     "GuardedModule": "._proxy",

@@ -240,7 +240,8 @@ class Target:
     ) -> _net.NetCall:
         """The net's record of a watched call; also notes, for ``describe``, what the
         call's own look found and how."""
-        labelled = getattr(self.find_modules, "labelled", None)
+        finder = getattr(self.find_modules, "__self__", None)
+        labelled = getattr(finder, "labelled", None)
         if labelled is not None:
             labels: list[tuple[nn.Module, str]] = labelled(instance, args, kwargs)
         else:
@@ -329,6 +330,7 @@ class Target:
         held = _Hold(modules) if modules and self.switch else None
         inference = self.inference
         token: Any = None
+        undone = False
         try:
             try:
                 if net is not None:
@@ -351,7 +353,10 @@ class Target:
                     result = fn(*args, **kwargs)
                 finally:
                     if token is not None:
-                        _leave(token)
+                        if inference:
+                            token.__exit__(None, None, None)
+                        else:
+                            _leave(token)
                         token = None
             except RuntimeError as error:
                 if not inference:
@@ -375,19 +380,21 @@ class Target:
             finally:
                 if token is not None:
                     _leave(token)
-                if net is not None and not net.stopped:
+                if net is not None:
                     _net_stop(net)
                     if measure is not None:
                         measure.training += net.training
-                if held is not None and not held.released:
+                if held is not None:
                     _release(held)
+                undone = True
         finally:
-            if token is not None:
-                _leave(token)
-            if net is not None and not net.stopped:
-                _net_stop(net)
-            if held is not None and not held.released:
-                _release(held)
+            if not undone:  # an interrupt stopped the undo above: finish it (idempotent)
+                if token is not None:
+                    _leave(token)
+                if net is not None:
+                    _net_stop(net)
+                if held is not None:
+                    _release(held)
         if watch is not None:
             self.watch_end(watch)
         return self.deliver(result, call)
@@ -620,9 +627,8 @@ class _AutoFinder:
         self.reach = reach
         self.names = names  # the parameters, for describe's labels
 
-    def __call__(
-        self, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> list[nn.Module]:
+    def find(self, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[nn.Module]:
+        """The modules this call reaches, each once."""
         found: list[nn.Module] = []
         owner = instance if instance is not None else self.self_obj
         if owner is not None and not isinstance(owner, type):
@@ -673,7 +679,8 @@ def _auto_finder(fn: Any, func: Any, self_obj: Any, bound: list[nn.Module]) -> M
     except (TypeError, ValueError):
         names = ()
     reach = _reach.reach_of(func)
-    return _AutoFinder(self_obj, bound, reach, names)
+    # The bound method, not the object: calling an object's Python __call__ costs more.
+    return _AutoFinder(self_obj, bound, reach, names).find
 
 
 def underlying(fn: Any) -> tuple[Any, Any]:
