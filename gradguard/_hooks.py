@@ -21,6 +21,7 @@ finalizer, which the collector may run at any point.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -114,3 +115,13 @@ def _dispatch(watchers: tuple[Watcher, ...]) -> Watcher:
 
 forward_pre_hooks = GlobalHook(nn.modules.module.register_module_forward_pre_hook)
 forward_hooks = GlobalHook(nn.modules.module.register_module_forward_hook)
+
+
+def _after_fork_in_child() -> None:
+    # A thread of the parent may have held a lock at the fork; it does not exist here.
+    for owner in (forward_pre_hooks, forward_hooks):
+        owner._lock = threading.RLock()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows
+    os.register_at_fork(after_in_child=_after_fork_in_child)

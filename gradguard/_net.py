@@ -43,7 +43,7 @@ _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 # The watched calls running now, per thread, innermost last. The hook looks only at its
 # own thread's: a module in another thread is never touched.
 _calls: dict[int, list[NetCall]] = {}
-_lock = threading.Lock()
+_lock = threading.RLock()  # reentrant: an interrupted step must never wait on itself
 
 
 class NetCall:
@@ -166,7 +166,7 @@ def warn(target: Target, module: nn.Module, where: str, *, switched: bool) -> No
 
 def _after_fork_in_child() -> None:
     global _lock
-    _lock = threading.Lock()
+    _lock = threading.RLock()
     me = get_ident()
     for thread in [t for t in _calls if t != me]:
         del _calls[thread]  # their holds are ended by _eval's own at-fork handler

@@ -193,6 +193,22 @@ def _options_repr(policy: Policy, methods: tuple[str, ...]) -> str:
     return "".join(f", {s}" for s in shown)
 
 
+def _method_names(methods: Any) -> tuple[str, ...]:
+    if isinstance(methods, str):
+        return (methods,)
+    try:
+        names = tuple(methods)
+    except TypeError:
+        names = None
+    if names is None or not all(isinstance(n, str) for n in names):
+        msg = (
+            "guard(methods=...) takes the names of module methods to guard, a string or a "
+            f"list of strings such as methods=('generate',); got {methods!r}"
+        )
+        raise TypeError(msg)
+    return names
+
+
 def guard(module: M, /, *, methods: Iterable[str] = (), **options: Unpack[Options]) -> M:
     """Return ``module`` behind a transparent proxy whose calls are guarded.
 
@@ -209,7 +225,7 @@ def guard(module: M, /, *, methods: Iterable[str] = (), **options: Unpack[Option
         logits = model(batch)          # eval + inference mode, restored afterwards
         model.state_dict().keys()      # the module's own keys
     """
-    methods = (methods,) if isinstance(methods, str) else tuple(methods)
+    methods = _method_names(methods)
     given: Any = module  # typed as a module, but users pass anything: check at run time
     if isinstance(given, GuardedModule):
         if not options and not methods:

@@ -11,6 +11,8 @@ torch's ``_wrap_generator`` does for generators.
 
 from __future__ import annotations
 
+import gc
+import weakref
 from collections.abc import AsyncGenerator, Callable, Generator
 from typing import Any
 
@@ -22,11 +24,68 @@ from ._telemetry import Measure
 
 __all__ = ["async_generator_call", "coroutine_call", "generator_call"]
 
-# The bodies gradguard is driving. Held here, a body is never garbage itself: when its
-# wrapper is collected (in a reference cycle, say), the wrapper's close runs first and
-# closes the body under the mode; collected on its own, the body's cleanup would run
-# unguarded.
-_running: set[Any] = set()
+# The bodies gradguard is driving, held weakly: a body often holds its owner (a generator
+# kept as `self.it = self.gen()` holds `self`), so a strong reference from here would keep
+# both alive for good. A body collected in a reference cycle is finalized by the collector,
+# maybe before its wrapper, whose close would have run the body's cleanup guarded. But the
+# collector clears weak references, calling their callbacks, before it calls any
+# finalizer: the callback enters the body's mode and switches its modules, and both are
+# left when the collection ends (a gc callback), so the cleanup runs guarded either way.
+_running: dict[weakref.ref[Any], tuple[Target, list[nn.Module]]] = {}
+_dying: list[tuple[Target, Step]] = []
+
+
+def _track(body: Any, target: Target, modules: list[nn.Module]) -> weakref.ref[Any] | None:
+    try:
+        ref = weakref.ref(body, _collected)
+    except TypeError:  # an async generator's asend(): its generator is tracked itself
+        return None
+    if _after_collection not in gc.callbacks:
+        gc.callbacks.append(_after_collection)
+    _running[ref] = (target, modules)
+    return ref
+
+
+def _untrack(ref: weakref.ref[Any] | None) -> None:
+    if ref is not None:
+        _running.pop(ref, None)
+    if not _running and not _dying and _after_collection in gc.callbacks:
+        gc.callbacks.remove(_after_collection)  # no global callback left while not needed
+
+
+_collecting = [False]  # between the collector's "start" and "stop" callbacks
+
+
+def _collected(ref: weakref.ref[Any]) -> None:
+    found = _running.pop(ref, None)
+    # Only the collector calls this before the body's finalizer; a body freed by its
+    # reference count was finalized already, by its wrapper, with nothing to do here.
+    if found is None or not _collecting[0]:
+        return
+    target, modules = found
+    try:
+        _dying.append((target, target.enter(modules)))
+    except Exception:  # never raise in the collector: the cleanup runs unguarded
+        return
+
+
+def _after_collection(phase: str, info: dict[str, Any]) -> None:
+    if phase == "start":
+        _collecting[0] = True
+        return
+    _collecting[0] = False
+    while _dying:
+        target, step = _dying[-1]
+        try:
+            try:
+                target.leave(step)
+            finally:
+                target.leave(step)  # again: idempotent, finishes an interrupted leave
+        except Exception:  # a train() override failing: the others are still left
+            pass
+        _dying.pop()
+    if not _running and _after_collection in gc.callbacks:
+        gc.callbacks.remove(_after_collection)
 
 
 def _start(
@@ -89,14 +148,14 @@ def generator_call(
             result = stop.value
             return result
         inference = target.inference
-        _running.add(gen)
+        ref = _track(gen, target, modules)
         try:
             result = yield from _resume(target, modules, measure, gen, response, call, net)
         except RuntimeError as error:
             _late_fall_back(target, error, inference, measure)
             raise
         finally:
-            _running.discard(gen)
+            _untrack(ref)
         return result
     except BaseException as error:
         failure = None if isinstance(error, GeneratorExit) else error  # closed early: fine
@@ -166,7 +225,7 @@ class _Stepped:
         enter, leave = self._target.enter, self._target.leave
         value: Any = None
         thrown: BaseException | None = None
-        _running.add(inner)
+        ref = _track(inner, self._target, modules)
         try:
             while True:
                 step: Step | None = None
@@ -190,7 +249,7 @@ class _Stepped:
                 except BaseException as error:  # cancellation included: the body sees it
                     value, thrown = None, error
         finally:
-            _running.discard(inner)
+            _untrack(ref)
 
 
 async def coroutine_call(
@@ -230,7 +289,7 @@ async def async_generator_call(
     failure: BaseException | None = None
     agen = wrapped(*args, **kwargs)
     inference = target.inference
-    _running.add(agen)
+    ref = _track(agen, target, modules)
     try:
         try:
             response = await _Stepped(target, modules, measure, agen.asend(None), net)
@@ -239,9 +298,9 @@ async def async_generator_call(
         except RuntimeError as error:
             if not inference or target.fall_back(error, measure=measure) != "retry":
                 raise
-            _running.discard(agen)
+            _untrack(ref)
             agen = wrapped(*args, **kwargs)  # nothing reached the caller yet: start again
-            _running.add(agen)
+            ref = _track(agen, target, modules)
             try:
                 response = await _Stepped(target, modules, measure, agen.asend(None), net)
             except StopAsyncIteration:
@@ -269,5 +328,5 @@ async def async_generator_call(
         failure = None if isinstance(error, GeneratorExit) else error  # closed early: fine
         raise
     finally:
-        _running.discard(agen)
+        _untrack(ref)
         target.end(measure, failure, None, watch, net)

@@ -501,13 +501,13 @@ class Target:
             if measure is not None and measure.tracker is not None:
                 step.tracker = measure.tracker
                 _memory.resume(step.tracker)
+            return step  # in the try: nothing may land between the last change and here
         except BaseException:
             try:
                 self.leave(step)
             finally:
                 self.leave(step)  # again: finishes a leave an interrupt stopped at its start
             raise
-        return step
 
     def run_step(
         self,

@@ -135,7 +135,8 @@ def _forked() -> None:
     _config.changed()
 
 
-os.register_at_fork(after_in_child=_forked)
+if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
+    os.register_at_fork(after_in_child=_forked)
 
 
 # --- where events go ------------------------------------------------------------------
@@ -163,7 +164,15 @@ class _FileSink:
         # and its file is opened again under its own rank once the group is up.
         self.rank_pending = rank is None and "RANK" not in os.environ and "{rank}" in template
         if rank is None:
-            rank = int(os.environ.get("RANK", "0") or 0)
+            raw = os.environ.get("RANK", "0") or "0"
+            try:
+                rank = int(raw)
+            except ValueError:
+                msg = (
+                    f"the RANK environment variable must be an integer (torchrun sets it to "
+                    f"the process's rank); got {raw!r}. Unset it or set it to 0, 1, ..."
+                )
+                raise ValueError(msg) from None
         self.template = template
         self.pid = os.getpid()
         self.path = template.format(pid=self.pid, rank=rank)
