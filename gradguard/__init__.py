@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # explicit re-exports, for type checkers: names load lazily
         describe as describe,
     )
     from ._errors import (
+        EvalWarning as EvalWarning,
         FallbackWarning as FallbackWarning,
         GradguardError as GradguardError,
         GradguardWarning as GradguardWarning,
@@ -60,6 +61,7 @@ if TYPE_CHECKING:  # explicit re-exports, for type checkers: names load lazily
         scope as scope,
     )
     from ._target import (
+        FoundModule as FoundModule,
         TargetInfo as TargetInfo,
     )
     from ._telemetry import (
@@ -76,11 +78,13 @@ __version__ = "0.1.0.dev0"
 # from which __all__ is derived (tests/test_public_api.py checks that the imports for
 # type checkers above name the same).
 _WHERE = {
+    "EvalWarning": "._errors",
     "ExportFinding": "._export",
     "ExportFindings": "._export",
     "FallbackWarning": "._errors",
     "Finding": "._leaks",
     "Findings": "._leaks",
+    "FoundModule": "._target",
     "GradguardError": "._errors",
     "GradguardWarning": "._errors",
     "GuardedFunction": "._decorate",

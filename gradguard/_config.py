@@ -135,11 +135,16 @@ def _path(name: str, value: Any) -> str | None:
 def _seed(name: str, value: Any) -> int | None:
     if value is None or value == "":
         return None
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        msg = f"{name} must be an integer or None; got {value!r}"
-        raise ValueError(msg) from None
+    # An int, or a string of one (from the environment): 1.5 or True are not truncated.
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            pass
+    msg = f"{name} must be an integer or None (seed=1234); got {value!r}"
+    raise ValueError(msg)
 
 
 _CHECKS: dict[str, Callable[[str, Any], Any]] = {

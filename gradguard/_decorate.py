@@ -88,6 +88,10 @@ class _DirectGuardedFunction(GuardedFunction):
 
 
 def _default_name(fn: Any) -> str:
+    # A partial is named by the function it wraps: its repr would put its arguments (an
+    # API key, say) and a memory address into every event.
+    while isinstance(fn, functools.partial):
+        fn = fn.func
     func, self_obj = underlying(fn)
     if self_obj is not None and not inspect.ismethod(fn):  # a callable object
         cls = type(fn)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 __all__ = [
+    "EvalWarning",
     "FallbackWarning",
     "GradguardError",
     "GradguardWarning",
@@ -21,6 +22,15 @@ class FallbackWarning(GradguardWarning):
 
     Emitted once per target, the first time its code fails under inference mode in a way
     that shows it needs autograd inside. Pin the mode (``mode="no_grad"``) to silence it.
+    """
+
+
+class EvalWarning(GradguardWarning):
+    """A guarded call ran a module in training mode that none of its arguments, globals,
+    closure cells, defaults or attributes holds, so ``modules="auto"`` could not see it.
+
+    Emitted once per target by the run-time net, naming the module's class, where it was
+    found running and the fix: pass the module in, or name it in ``modules=[...]``.
     """
 
 

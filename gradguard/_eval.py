@@ -11,17 +11,31 @@ call is *held* with a count, every later call that finds it held adds to the cou
 the module gets its flag back when the last holder leaves. So threads calling the same
 model never see it in training mode during their forward, and an inner call on a module
 an outer call already switched switches nothing.
+
+An interrupt (``KeyboardInterrupt`` from Ctrl-C, or any signal handler that raises) can
+land between any two steps here. So every change is recorded before it is made (a
+handle lists an entry before the entry joins the registry, an entry joins before its
+module's flag changes) and every step of ``release`` is idempotent: a release stopped
+part way is simply run again, which finishes what is left. Pure Python cannot mask
+signals cheaply (``pthread_sigmask`` costs more than a whole guarded call); a single
+interrupt, wherever it lands, leaves flags and registry as they were before the call.
+
+After ``os.fork()`` the child has only the forking thread: the holds of the parent's
+other threads are released in the child (an at-fork handler, as the stdlib ``logging``
+module has for its locks), so each module has the flag it would have once their calls
+ended, and the lock is new, so nothing waits for a thread that does not exist.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from threading import get_ident
 
 import wrapt
 from torch import nn
 
-__all__ = ["Hold", "hold", "release", "submodules"]
+__all__ = ["Hold", "hold", "release", "reset", "submodules", "take"]
 
 _Module = nn.Module
 _Proxy = wrapt.ObjectProxy
@@ -31,13 +45,15 @@ _lock = threading.RLock()
 
 
 class _Held:
-    """A module this process switched to eval, and who still needs it there."""
+    """A module this process switched to eval, and the calls that still need it there."""
 
-    __slots__ = ("count", "flags", "module")
+    __slots__ = ("flags", "holders", "module")
 
     def __init__(self, module: nn.Module) -> None:
-        self.count = 1
         self.module = module
+        # The handles holding it: a set, so that adding or removing one twice (a release
+        # run again after an interrupt) changes nothing.
+        self.holders: set[Hold] = set()
         # For classes with their own train(): the flags of the whole subtree before the
         # switch, since their train(True) on the way back resets every descendant.
         self.flags: list[tuple[nn.Module, bool]] | None = None
@@ -86,6 +102,7 @@ def _any_training(roots: list[nn.Module]) -> bool:
 
 def _switch_to_eval(module: nn.Module, entry: _Held) -> None:
     if _overrides(type(module)):
+        # Recorded before eval() runs: interrupted in between, the restore still knows.
         entry.flags = [
             (m, m.training if id(m) not in _held else True) for m in submodules(module)[1:]
         ]
@@ -114,110 +131,177 @@ def _in_use_below(module: nn.Module) -> bool:
     """
     me = get_ident()
     for descendant in submodules(module)[1:]:
-        threads = _in_use.get(id(descendant))
-        if threads is not None and (len(threads) > 1 or me not in threads):
+        users = _in_use.get(id(descendant))
+        if users and any(user.thread != me for user in users):
             return True
     return False
 
 
 class Hold:
-    """What one call switched and holds; give it back with ``release``."""
+    """What one call switched and holds; fill it with ``take``, give it back with ``release``.
 
-    __slots__ = ("roots", "switched", "taken", "thread")
+    Made before anything changes, so that the caller has it in hand (in a variable its
+    ``finally`` releases) before the first change: ``hold()`` does both for callers that
+    need no such care.
+    """
+
+    __slots__ = ("released", "roots", "switched", "taken", "thread")
 
     def __init__(self, roots: list[nn.Module]) -> None:
         self.roots = roots
         self.thread = get_ident()
         self.taken: list[_Held] = []
         self.switched = 0
+        self.released = False  # set once release() has finished
 
 
-# Roots of the calls running now, counted per thread: a class's own train(True) on the way
-# back resets every descendant for a moment, so it waits while a call in another thread
-# runs on a part of the module.
-_in_use: dict[int, dict[int, int]] = {}
+# The calls running now on each root, as their handles: a class's own train(True) on the
+# way back resets every descendant for a moment, so it waits while a call in another
+# thread runs on a part of the module.
+_in_use: dict[int, set[Hold]] = {}
 _deferred: list[_Held] = []
 
 
-def hold(roots: list[nn.Module]) -> Hold:
-    """Switch every training module below ``roots`` to eval; return the handle for ``release``.
+def take(handle: Hold) -> None:
+    """Switch every training module below ``handle.roots`` to eval, recording it in ``handle``.
 
     When nothing is in training mode and no other call holds anything (the common case of
-    a model kept in eval) this costs one walk over the flags.
+    a model kept in eval) this costs one walk over the flags. Interrupted part way, what
+    it did is in ``handle``: ``release(handle)`` undoes exactly that.
     """
     with _lock:
-        handle = Hold(roots)
-        thread = handle.thread
+        roots = handle.roots
         for root in roots:
-            threads = _in_use.setdefault(id(root), {})
-            threads[thread] = threads.get(thread, 0) + 1
+            users = _in_use.get(id(root))
+            if users is None:
+                users = _in_use[id(root)] = set()
+            users.add(handle)
         if not _held and not _any_training(roots):
-            return handle
+            return
         taken = handle.taken
-        try:
-            for root in roots:
-                modules = submodules(root)
-                # Read every flag first: a class's own eval() may switch its descendants.
-                flags = [m.training for m in modules]
-                for module, was_training in zip(modules, flags, strict=True):
-                    key = id(module)
-                    entry = _held.get(key)
-                    if entry is not None:
-                        if entry.count == 0 and entry in _deferred:  # in eval: take it back
-                            _deferred.remove(entry)
-                        entry.count += 1
+        for root in roots:
+            modules = submodules(root)
+            # Read every flag first: a class's own eval() may switch its descendants.
+            flags = [m.training for m in modules]
+            for module, was_training in zip(modules, flags, strict=True):
+                key = id(module)
+                entry = _held.get(key)
+                if entry is not None:
+                    if handle not in entry.holders:
                         taken.append(entry)
-                    elif was_training:
-                        entry = _held[key] = _Held(module)
-                        taken.append(entry)
-                        handle.switched += 1
-                        _switch_to_eval(module, entry)
-        except BaseException:
-            _release_locked(handle)
-            raise
-        return handle
+                        entry.holders.add(handle)
+                    if entry in _deferred:  # in eval, waiting for its restore: keep it
+                        _deferred.remove(entry)
+                elif was_training:
+                    entry = _Held(module)
+                    taken.append(entry)  # recorded first, then registered, then switched
+                    entry.holders.add(handle)
+                    _held[key] = entry
+                    handle.switched += 1
+                    _switch_to_eval(module, entry)
+
+
+def hold(roots: list[nn.Module]) -> Hold:
+    """Switch every training module below ``roots`` to eval; return the handle for ``release``."""
+    handle = Hold(roots)
+    try:
+        take(handle)
+    except BaseException:
+        release(handle)
+        raise
+    return handle
 
 
 def _release_locked(handle: Hold) -> None:
-    thread = handle.thread
+    # Every step is idempotent: run again after an interrupt, it finishes what is left.
     for root in handle.roots:
         key = id(root)
-        threads = _in_use[key]
-        count = threads[thread] - 1
-        if count:
-            threads[thread] = count
-        elif len(threads) > 1:
-            del threads[thread]
-        else:
-            del _in_use[key]
+        users = _in_use.get(key)
+        if users is not None:
+            users.discard(handle)
+            if not users:
+                del _in_use[key]
     done = []
     for entry in handle.taken:
-        entry.count -= 1
-        if entry.count == 0:
+        entry.holders.discard(handle)
+        if not entry.holders:
             done.append(entry)
     if not done and not _deferred:
         return
     # Parents before children: a parent's own train() must not undo a child's flag.
     errors: list[BaseException] = []
     for entry in [*_deferred, *done]:
-        if entry.count:  # taken again meanwhile, by code a train() override ran
+        if entry.holders:  # taken again meanwhile, by code a train() override ran
+            continue
+        key = id(entry.module)
+        if _held.get(key) is not entry:  # restored already, or never registered
+            if entry in _deferred:
+                _deferred.remove(entry)
             continue
         if entry.flags is not None and _in_use_below(entry.module):
             if entry not in _deferred:
                 _deferred.append(entry)
             continue
-        if entry in _deferred:
-            _deferred.remove(entry)
-        _held.pop(id(entry.module), None)
         try:
-            _restore(entry)
+            _restore(entry)  # first the flag, then out of the registry: see the docstring
         except Exception as error:  # keep restoring the others, then report
             errors.append(error)
+        if _held.get(key) is entry:
+            del _held[key]
+        if entry in _deferred:
+            _deferred.remove(entry)
     if errors:
         raise errors[0]
 
 
 def release(handle: Hold) -> None:
-    """Give back what ``hold`` took: modules no other call holds get their flag back."""
+    """Give back what ``take`` took: modules no other call holds get their flag back.
+
+    Safe to call twice, and on a handle ``take`` filled only in part.
+    """
+    try:
+        with _lock:
+            _release_locked(handle)
+    except BaseException:
+        # Stopped part way (an interrupt, or an override's train() failing): every step is
+        # idempotent, so running it again finishes the rest; then the error goes on.
+        with _lock:
+            _release_locked(handle)
+        handle.released = True
+        raise
+    handle.released = True
+
+
+def reset() -> None:
+    """Give back every hold of every thread and forget them (for tests)."""
     with _lock:
-        _release_locked(handle)
+        for handle in {h for users in _in_use.values() for h in users}:
+            _release_locked(handle)
+        _held.clear()
+        _in_use.clear()
+        _deferred.clear()
+
+
+def _after_fork_in_child() -> None:
+    """In a forked child, end the holds of the parent's other threads, which are gone."""
+    global _lock
+    _lock = threading.RLock()  # whoever held the parent's lock does not exist here
+    me = get_ident()
+    gone = {h for users in _in_use.values() for h in users if h.thread != me}
+    gone.update(h for entry in _held.values() for h in entry.holders if h.thread != me)
+    for handle in gone:
+        try:
+            _release_locked(handle)
+        except Exception:  # an override failing in the child: the others still go back
+            continue
+    if _deferred:  # restores that waited for the threads just ended
+        _release_locked(Hold([]))
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
+    # Taken before the fork, so the child never copies the registry half-changed.
+    os.register_at_fork(
+        before=lambda: _lock.acquire(),
+        after_in_parent=lambda: _lock.release(),
+        after_in_child=_after_fork_in_child,
+    )

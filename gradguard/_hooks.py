@@ -22,6 +22,7 @@ finalizer, which the collector may run at any point.
 from __future__ import annotations
 
 import functools
+import os
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -141,3 +142,13 @@ def owned(key: int) -> bool:
     """Whether the entry ``key`` of one of torch's global hook dicts is gradguard's (torch
     numbers every hook handle from one counter, so a key names one hook)."""
     return any(owner.owns(key) for owner in OWNERS)
+
+
+def _after_fork_in_child() -> None:
+    # A thread of the parent may have held a lock at the fork; it does not exist here.
+    for owner in OWNERS:
+        owner._lock = threading.RLock()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows
+    os.register_at_fork(after_in_child=_after_fork_in_child)

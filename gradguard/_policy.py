@@ -19,11 +19,13 @@ __all__ = ["MODES", "OUTPUTS", "Mode", "Options", "Outputs", "Policy", "make_pol
 Mode = Literal["auto", "inference", "no_grad"]
 Outputs = Literal["keep", "clone"]
 Memory = Literal["auto", "peak", "tensors", "off"]
+Net = Literal["spaced", "always", "off"]
 ModuleSpec = nn.Module | str
 
 MODES: tuple[Mode, ...] = ("auto", "inference", "no_grad")
 OUTPUTS: tuple[Outputs, ...] = ("keep", "clone")
 MEMORY: tuple[Memory, ...] = ("auto", "peak", "tensors", "off")
+NETS: tuple[Net, ...] = ("spaced", "always", "off")
 
 
 class Options(TypedDict, total=False):
@@ -40,6 +42,7 @@ class Options(TypedDict, total=False):
     memory: Memory | bool
     sync: bool
     trace: bool | None
+    net: Net
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,11 @@ class Policy:
             event carries ``gpu_ms`` at once, instead of emitting it later.
         trace: an OpenTelemetry span per call (``None``: as ``gradguard.configure`` says;
             needs ``gradguard[otel]``).
+        net: the run-time net for modules no static look finds (a model a helper in
+            another module uses, one built inside the call): ``"spaced"`` watches the
+            first call, then calls 2, 4, 8…; ``"always"`` watches every call (a global
+            module hook for the call: about 1.5 µs per module call it runs, plus a few
+            µs per call); ``"off"`` never.
     """
 
     mode: Mode = "auto"
@@ -80,6 +88,7 @@ class Policy:
     memory: Memory = "auto"
     sync: bool = False
     trace: bool | None = None
+    net: Net = "spaced"
 
     def merged(self, options: Mapping[str, Any]) -> Policy:
         """Return a copy with ``options`` (already checked) applied over this policy."""
@@ -170,6 +179,7 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "memory": _memory,
     "sync": _flag("sync"),
     "trace": _trace,
+    "net": _choice("net", NETS),
 }
 assert set(_CHECKS) == {f.name for f in fields(Policy)}
 

@@ -216,7 +216,7 @@ def _options_repr(policy: Policy, methods: tuple[str, ...]) -> str:
     default = Policy()
     shown = [
         f"{field}={getattr(policy, field)!r}"
-        for field in ("mode", "eval", "name", "outputs", "retry")
+        for field in ("mode", "eval", "name", "outputs", "retry", "net")
         if getattr(policy, field) != getattr(default, field)
     ]
     if policy.modules != "auto":
@@ -224,6 +224,22 @@ def _options_repr(policy: Policy, methods: tuple[str, ...]) -> str:
     if methods:
         shown.append(f"methods={methods!r}")
     return "".join(f", {s}" for s in shown)
+
+
+def _method_names(methods: Any) -> tuple[str, ...]:
+    if isinstance(methods, str):
+        return (methods,)
+    try:
+        names = tuple(methods)
+    except TypeError:
+        names = None
+    if names is None or not all(isinstance(n, str) for n in names):
+        msg = (
+            "guard(methods=...) takes the names of module methods to guard, a string or a "
+            f"list of strings such as methods=('generate',); got {methods!r}"
+        )
+        raise TypeError(msg)
+    return names
 
 
 def guard(module: M, /, *, methods: Iterable[str] = (), **options: Unpack[Options]) -> M:
@@ -242,7 +258,7 @@ def guard(module: M, /, *, methods: Iterable[str] = (), **options: Unpack[Option
         logits = model(batch)          # eval + inference mode, restored afterwards
         model.state_dict().keys()      # the module's own keys
     """
-    methods = (methods,) if isinstance(methods, str) else tuple(methods)
+    methods = _method_names(methods)
     given: Any = module  # typed as a module, but users pass anything: check at run time
     if isinstance(given, GuardedModule):
         if not options and not methods:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import replace
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -11,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from torch import nn
 
 from . import _leaks
+from ._net import NetCall
 from ._policy import make_policy
 from ._stack import caller_name
 from ._target import Step, Target, Watch, _unwrap
@@ -23,10 +27,48 @@ if TYPE_CHECKING:
 
 __all__ = ["scope"]
 
-# One target per block (its name and options), so the call count and an auto-mode fallback
-# carry over from one run of the block to the next.
-_targets: dict[tuple[Any, ...], Target] = {}
-_targets_lock = threading.Lock()
+
+class _Targets:
+    """One target per block (its name and options), so the call count and an auto-mode
+    fallback carry over from one run of the block to the next.
+
+    Bounded, least recently used first out: ``scope(name=f"request-{i}")`` makes a new
+    name per request, and a target per name kept for good would grow without end. A
+    block whose target was dropped starts again from call 1 (and auto mode again).
+    """
+
+    __slots__ = ("_lock", "limit", "targets")
+
+    def __init__(self, limit: int = 512) -> None:
+        self.limit = limit
+        self.targets: OrderedDict[tuple[Any, ...], Target] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[Any, ...], make: Callable[[], Target]) -> Target:
+        """The target of ``key``, made with ``make`` the first time."""
+        targets = self.targets
+        with self._lock:
+            target = targets.get(key)
+            if target is None:
+                target = targets[key] = make()
+                if len(targets) > self.limit:
+                    targets.popitem(last=False)
+            else:
+                targets.move_to_end(key)
+            return target
+
+    def reset(self) -> None:
+        """Forget every block's target (for tests, and in a forked child's fresh lock)."""
+        self._lock = threading.Lock()
+        self.targets.clear()
+
+    def _after_fork_in_child(self) -> None:
+        self._lock = threading.Lock()  # a thread of the parent may have held it
+
+
+_targets = _Targets()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_targets._after_fork_in_child)
 
 
 class _Open(threading.local):
@@ -42,6 +84,19 @@ class _Open(threading.local):
 
 
 _open = _Open()
+
+
+def _leave_exited() -> None:
+    """Leave the innermost blocks of this thread that have exited, innermost first.
+
+    A block is taken off the list only once it has been left, so a leave an interrupt
+    stopped is done again (``Target.leave`` is idempotent).
+    """
+    blocks = _open.blocks
+    while blocks and blocks[-1][2]:
+        done, done_step, _ = blocks[-1]
+        done.leave(done_step)
+        blocks.pop()
 
 
 class scope:  # used like a function: `with gradguard.scope(model):`
@@ -81,16 +136,16 @@ class scope:  # used like a function: `with gradguard.scope(model):`
         name = policy.name or caller_name(1)
         key_policy = replace(policy, modules="auto", name=name)
         key = (name, key_policy)
-        target = _targets.get(key)
-        if target is None:
-            with _targets_lock:
-                target = _targets.setdefault(key, Target(name, "scope", key_policy, (), None))
-        self._target = target
+        self._target = target = _targets.get(
+            key, lambda: Target(name, "scope", key_policy, (), None)
+        )
         self._modules = [_unwrap(m) for m in (*models, *extra)]
         self._step: Step | None = None
         self._block: list[Any] = []
         self._measure: Measure | None = None
         self._watch: Watch | None = None
+        self._net: NetCall | None = None
+        self._thread = 0
         self._inference = target.inference
         self._call = 0
         self._locals: _leaks.LocalsBefore | None = None  # for what the block leaves behind
@@ -103,16 +158,29 @@ class scope:  # used like a function: `with gradguard.scope(model):`
             )
             raise RuntimeError(msg)
         target = self._target
-        modules, self._measure, self._call, self._watch = target.begin(None, (), {}, self._modules)
+        modules, self._measure, self._call, self._watch, self._net = target.begin(
+            None, (), {}, self._modules
+        )
         frame = sys._getframe(1)
         if frame.f_code is _AENTER:  # async with: the frame the block is written in
             frame = frame.f_back  # type: ignore[assignment]
         self._locals = _leaks.locals_before(frame)
         self._inference = target.inference
-        self._step = target.enter(modules, self._measure)
-        self._block = [target, self._step, False]
-        _open.blocks.append(self._block)
-        return self
+        self._thread = threading.get_ident()
+        # An interrupt landing anywhere here must leave nothing open: `with` does not
+        # call __exit__ when __enter__ raises, so the block undoes its own entry.
+        try:
+            try:
+                self._step = target.enter(modules, self._measure, self._net)
+                self._block = block = [target, self._step, False]
+                _open.blocks.append(block)
+                return self
+            except BaseException as error:
+                self._close(error)
+                raise
+        except BaseException as error:
+            self._close(error)  # again: finishes a close an interrupt stopped
+            raise
 
     def __exit__(
         self,
@@ -120,23 +188,49 @@ class scope:  # used like a function: `with gradguard.scope(model):`
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        step, self._step = self._step, None
+        try:
+            try:
+                if self._step is None:
+                    return
+                self._block[2] = True
+                _leave_exited()
+                if exc is not None and self._inference:  # next run: no_grad
+                    self._target.fall_back(exc, can_retry=False, measure=self._measure)
+            finally:
+                self._close(exc)
+        finally:
+            self._close(exc)  # again: finishes a close an interrupt stopped at its start
+
+    def __del__(self) -> None:
+        # Python checks for signals as a function starts, __exit__ too: an interrupt there
+        # propagates before any line of it runs, and `with` gives no second chance. The
+        # block object then dies as the exception unwinds the user's frame (unless bound
+        # with `as`), and closes itself here, in its own thread, before anyone sees it.
+        # getattr: __init__ may have failed (bad options) before setting anything
+        if getattr(self, "_step", None) is not None and self._thread == threading.get_ident():
+            try:
+                self._close(None)
+            except Exception:
+                return
+
+    def _close(self, exc: BaseException | None) -> None:
+        """Mark the block exited, leave what can be left, emit its event. Idempotent."""
+        step = self._step
         if step is None:
             return
-        target, measure = self._target, self._measure
+        block = self._block
+        if any(b is block for b in _open.blocks):
+            block[2] = True
+            _leave_exited()
+        else:  # entered only part way: never listed in the open blocks
+            self._target.leave(step)
+        self._step = None
         try:
-            self._block[2] = True
-            blocks = _open.blocks
-            while blocks and blocks[-1][2]:
-                done, done_step, _ = blocks.pop()
-                done.leave(done_step)
-            if exc is not None and self._inference:
-                target.fall_back(exc, can_retry=False, measure=measure)  # next run: no_grad
             if exc is None and self._locals is not None:
-                _leaks.remember_locals(self._locals, target.name, self._call)
+                _leaks.remember_locals(self._locals, self._target.name, self._call)
         finally:
             self._locals = None  # the frame: not kept past the block
-            target.end(measure, exc, None, self._watch)
+            self._target.end(self._measure, exc, None, self._watch, self._net)
 
     async def __aenter__(self) -> Self:
         return self.__enter__()

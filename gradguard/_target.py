@@ -14,14 +14,15 @@ import inspect
 import itertools
 import threading
 import warnings
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import wrapt
 from torch import nn
 
-from . import _eval, _leaks, _memory, _modes
+from . import _eval, _leaks, _memory, _modes, _net, _reach
 from ._errors import FallbackWarning
 from ._outputs import clone_inference_tensors
 from ._policy import Policy
@@ -29,6 +30,8 @@ from ._stack import user_stacklevel
 from ._telemetry import Measure, Recorder
 
 __all__ = [
+    "Begun",
+    "FoundModule",
     "ModuleFinder",
     "Step",
     "Target",
@@ -41,21 +44,78 @@ __all__ = [
 
 Kind = Literal["function", "module", "scope"]
 ModuleFinder = Callable[[Any, tuple[Any, ...], dict[str, Any]], list[nn.Module]]
-Step = tuple[Any, Any, Any]  # (eval hold or None, mode token, tensor tracker or None)
 # (call, registrations seen at its start, modules, their inference tensors at its start)
 Watch = tuple[int, int, list[nn.Module], Any]
 
 _Module = nn.Module
 _Proxy = wrapt.ObjectProxy
-_hold = _eval.hold
+_Hold = _eval.Hold
+_take = _eval.take
 _release = _eval.release
 _enter = _modes.enter
 _InferenceMode = _modes._InferenceMode
 _leave = _modes.leave
+_is_inference_mode_enabled = _modes._is_inference_mode_enabled
+_is_grad_enabled = _modes._is_grad_enabled
+_set_grad_enabled = _modes._set_grad_enabled
+_NetCall = _net.NetCall
+_net_start = _net.start
+_net_stop = _net.stop
 _landed = _leaks.landed
 _watching = _leaks.watching
 _look_before = _leaks.look_before
 _unhook_idle = _leaks.unhook_idle
+
+
+class Begun(NamedTuple):
+    """What ``Target.begin`` decided for a call made of steps."""
+
+    modules: list[nn.Module]  # switched to eval at each step
+    measure: Measure | None  # None when the call is not sampled
+    call: int
+    watch: Watch | None  # for the leak look at the call's end
+    net: _net.NetCall | None  # the run-time net's record, on the calls it watches
+
+
+class FoundModule(NamedTuple):
+    """A module a target found, as ``describe`` lists it: the module and how it was found.
+
+    ``how`` is ``"argument 'model'"``, ``"self"``, ``"global 'model'"``, ``"closure 'model'"``,
+    ``"default 'model'"``, ``"attribute 'pipe.model' (global)"``, ``"item 'models[0]'
+    (argument)"``, ``"guarded module"``, ``"modules= option"``, or
+    ``"net: running at file.py:12 in helper"`` for one only the run-time net saw.
+    """
+
+    module: nn.Module
+    how: str
+
+
+class Step:
+    """What one step of a guarded call changed, for ``Target.leave`` to undo.
+
+    Each change is written here before it is made, so an interrupt between the two
+    leaves nothing that ``leave`` cannot see.
+    """
+
+    __slots__ = ("held", "net", "token", "tracker")
+
+    def __init__(self, held: _eval.Hold | None, net: _net.NetCall | None, tracker: Any) -> None:
+        self.held = held
+        self.net = net
+        self.token: Any = None
+        self.tracker = tracker
+
+
+def _enter_mode(step: Step, inference: bool) -> None:
+    """``_modes.enter``, recording the token in ``step`` before grad mode changes."""
+    if inference:
+        step.token = _InferenceMode(True)  # a C++ guard: freed unrecorded, it exits itself
+    elif _is_inference_mode_enabled():
+        step.token = _InferenceMode(False)
+        _set_grad_enabled(False)
+    else:
+        step.token = _is_grad_enabled()
+        _set_grad_enabled(False)
 
 
 @dataclass(frozen=True)
@@ -69,6 +129,9 @@ class TargetInfo:
         reason: why that mode (the option, the code seen, or the error that caused a fallback).
         calls: how many calls it has had in this process.
         policy: its options.
+        modules: the modules its calls found (on the calls the run-time net watches:
+            the first, then calls 2, 4, 8…), each with how it was found, the run-time
+            net's finds included. Only modules still alive are listed.
     """
 
     name: str
@@ -77,6 +140,7 @@ class TargetInfo:
     reason: str
     calls: int
     policy: Policy
+    modules: tuple[FoundModule, ...] = ()
 
 
 class Target:
@@ -87,14 +151,20 @@ class Target:
         "_next_call",
         "calls",
         "clone",
+        "eval_warned",
         "find_modules",
+        "found",
         "inference",
         "kind",
         "leak_warned",
         "name",
+        "net_every",
+        "net_off",
+        "net_switch",
         "policy",
         "reason",
         "recorder",
+        "remembered",
         "switch",
     )
 
@@ -118,6 +188,17 @@ class Target:
         self.switch = policy.eval
         self.recorder = Recorder(name, policy)
         self.leak_warned = False  # about inference tensors a call left in its modules
+        # The run-time net (_net): which calls it watches, and whether it switches what
+        # it finds (only with eval on and modules="auto": an explicit list is the user's).
+        self.net_every = policy.net == "always"
+        self.net_off = policy.net == "off"
+        self.net_switch = policy.eval and policy.modules == "auto"
+        self.eval_warned = False
+        # Modules the net found, switched up front by later calls: weakly, so a model
+        # the user drops is freed.
+        self.remembered: list[weakref.ref[nn.Module]] = []
+        # What describe() lists: id -> (weak module, how), refreshed on watched calls.
+        self.found: dict[int, tuple[weakref.ref[nn.Module], str]] = {}
         _leaks.watch_registrations()
         self._fallback_lock = threading.Lock()
         if policy.mode == "auto":
@@ -135,7 +216,70 @@ class Target:
     def info(self) -> TargetInfo:
         """Return what was decided for this target."""
         mode: Literal["inference", "no_grad"] = "inference" if self.inference else "no_grad"
-        return TargetInfo(self.name, self.kind, mode, self.reason, self.calls, self.policy)
+        found = []
+        for ref, how in list(self.found.values()):
+            module = ref()
+            if module is not None:
+                found.append(FoundModule(module, how))
+        return TargetInfo(
+            self.name, self.kind, mode, self.reason, self.calls, self.policy, tuple(found)
+        )
+
+    # -- the run-time net ----------------------------------------------------------------
+
+    def net_watches(self, call: int) -> bool:
+        """Whether the run-time net watches this call: the first, 2, 4, 8…, or every one."""
+        return not self.net_off and (self.net_every or not call & (call - 1))
+
+    def net_call(
+        self,
+        instance: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        modules: list[nn.Module] | None,
+    ) -> _net.NetCall:
+        """The net's record of a watched call; also notes, for ``describe``, what the
+        call's own look found and how."""
+        finder = getattr(self.find_modules, "__self__", None)
+        labelled = getattr(finder, "labelled", None)
+        if labelled is not None:
+            labels: list[tuple[nn.Module, str]] = labelled(instance, args, kwargs)
+        else:
+            how = "guarded module" if self.kind == "module" else "modules= option"
+            labels = [(m, how) for m in modules or ()]
+        for module, how in labels:
+            self._note(module, how)
+        return _NetCall(self, list(modules or ()), switch=self.net_switch)
+
+    def _note(self, module: nn.Module, how: str) -> None:
+        found = self.found
+        key = id(module)
+        entry = found.get(key)
+        if entry is not None and entry[0]() is module:
+            return
+        if len(found) >= 64:  # bounded: drop the dead, else the oldest
+            for k in [k for k, (ref, _) in found.items() if ref() is None] or [next(iter(found))]:
+                del found[k]
+        found[key] = (weakref.ref(module), how)
+
+    def net_found(self, module: nn.Module, where: str, *, switched: bool) -> None:
+        """The net saw ``module`` running in training mode in a call (``_net``)."""
+        self._note(module, f"net: running at {where}")
+        if switched and not any(r() is module for r in self.remembered):
+            self.remembered = [
+                *(r for r in self.remembered if r() is not None),
+                weakref.ref(module),
+            ]
+        if not self.eval_warned and (switched or self.switch):
+            self.eval_warned = True
+            _net.warn(self, module, where, switched=switched)
+
+    def with_remembered(self, modules: list[nn.Module] | None) -> list[nn.Module]:
+        """``modules`` and the live modules the net found on earlier calls."""
+        alive = [m for m in (r() for r in self.remembered) if m is not None]
+        if len(alive) < len(self.remembered):
+            self.remembered = [weakref.ref(m) for m in alive]
+        return [*(modules or ()), *alive]
 
     # -- one plain call ------------------------------------------------------------------
 
@@ -150,12 +294,19 @@ class Target:
         call = self.calls = self._next_call()
         find = self.find_modules
         modules = find(instance, args, kwargs) if find is not None else None
+        if self.remembered:
+            modules = self.with_remembered(modules)
+        net = (
+            self.net_call(instance, args, kwargs, modules)
+            if not self.net_off and (self.net_every or not call & (call - 1))
+            else None
+        )
         recorder = self.recorder
         if not recorder.sampled():
-            return self._run(fn, args, kwargs, modules, None, call)
+            return self._run(fn, args, kwargs, modules, None, call, net)
         measure = recorder.begin(call, modules, args, kwargs, self.inference, self.switch)
         try:
-            result = self._run(fn, args, kwargs, modules, measure, call)
+            result = self._run(fn, args, kwargs, modules, measure, call, net)
         except BaseException as error:
             recorder.end(measure, self, error)
             raise
@@ -170,43 +321,80 @@ class Target:
         modules: list[nn.Module] | None,
         measure: Measure | None,
         call: int,
+        net: _net.NetCall | None,
     ) -> Any:
         watch = self.watch_start(call, modules)
-        held = _hold(modules) if modules and self.switch else None
-        if held is not None and measure is not None:
-            measure.switched = held.switched
+        # Every change below is recorded (in held, token, net) before it is made, and
+        # undone twice over: an interrupt that lands at the start of the inner finally
+        # leaves the outer one to run; each undo is idempotent and cheap when done.
+        held = _Hold(modules) if modules and self.switch else None
         inference = self.inference
+        token: Any = None
+        undone = False
         try:
-            # _enter/_leave inlined for the common case: a call costs less than torch's own
-            # decorator only if nothing else is paid on the way.
-            token = _InferenceMode(True) if inference else _enter(False)
             try:
-                result = fn(*args, **kwargs)
+                if net is not None:
+                    _net_start(net)
+                if held is not None:
+                    _take(held)
+                    if measure is not None:
+                        measure.switched = held.switched
+                try:
+                    # _enter/_leave inlined for the common case: a call costs less than
+                    # torch's own decorator only if nothing else is paid on the way.
+                    if inference:
+                        token = _InferenceMode(True)
+                    elif _is_inference_mode_enabled():
+                        token = _InferenceMode(False)
+                        _set_grad_enabled(False)
+                    else:
+                        token = _is_grad_enabled()  # recorded, then changed
+                        _set_grad_enabled(False)
+                    result = fn(*args, **kwargs)
+                finally:
+                    if token is not None:
+                        if inference:
+                            token.__exit__(None, None, None)
+                        else:
+                            _leave(token)
+                        token = None
+            except RuntimeError as error:
+                if not inference:
+                    raise
+                decision = self.fall_back(error)
+                if decision is None:
+                    raise
+                if measure is not None:
+                    measure.fallback = True
+                    measure.retried = decision == "retry"
+                if decision != "retry":
+                    raise
+                # Run it again under no_grad: eval is still held, only the mode changes.
+                try:
+                    token = _enter(False)
+                    result = fn(*args, **kwargs)
+                finally:
+                    if token is not None:
+                        _leave(token)
+                        token = None
             finally:
-                if inference:
-                    token.__exit__(None, None, None)
-                else:
+                if token is not None:
                     _leave(token)
-        except RuntimeError as error:
-            if not inference:
-                raise
-            decision = self.fall_back(error)
-            if decision is None:
-                raise
-            if measure is not None:
-                measure.fallback = True
-                measure.retried = decision == "retry"
-            if decision != "retry":
-                raise
-            # Run it again under no_grad: eval is still held, only the mode changes.
-            token = _enter(False)
-            try:
-                result = fn(*args, **kwargs)
-            finally:
-                _leave(token)
+                if net is not None:
+                    _net_stop(net)
+                    if measure is not None:
+                        measure.saw_training(net.training)
+                if held is not None:
+                    _release(held)
+                undone = True
         finally:
-            if held is not None:
-                _release(held)
+            if not undone:  # an interrupt stopped the undo above: finish it (idempotent)
+                if token is not None:
+                    _leave(token)
+                if net is not None:
+                    _net_stop(net)
+                if held is not None:
+                    _release(held)
         if watch is not None:
             self.watch_end(watch, result)
         return self.deliver(result, call)
@@ -249,17 +437,20 @@ class Target:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         modules: list[nn.Module] | None = None,
-    ) -> tuple[list[nn.Module], Measure | None, int, Watch | None]:
+    ) -> Begun:
         """Start a call made of steps: count it, find its modules, start measuring it.
 
         Returns the modules each step switches to eval, the measure (``None`` when the
-        call is not sampled), the call's number, and what ``end`` needs to look at the
-        modules (``watch_start``).
+        call is not sampled), the call's number, what ``end`` needs to look at the
+        modules (``watch_start``), and the run-time net's record when it watches the call.
         """
         call = self.calls = self._next_call()
         if modules is None:
             find = self.find_modules
             modules = find(instance, args, kwargs) if find is not None else []
+        if self.remembered:
+            modules = self.with_remembered(modules)
+        net = self.net_call(instance, args, kwargs, modules) if self.net_watches(call) else None
         watch = self.watch_start(call, modules)
         recorder = self.recorder
         measure = (
@@ -267,7 +458,7 @@ class Target:
             if recorder.sampled()
             else None
         )
-        return (modules if self.switch else []), measure, call, watch
+        return Begun((modules if self.switch else []), measure, call, watch, net)
 
     def end(
         self,
@@ -275,6 +466,7 @@ class Target:
         error: BaseException | None,
         result: Any,
         watch: Watch | None = None,
+        net: _net.NetCall | None = None,
     ) -> None:
         """Finish a call made of steps: look at its modules, emit its event."""
         try:
@@ -282,48 +474,86 @@ class Target:
                 self.watch_end(watch, result)
         finally:
             if measure is not None:
+                if net is not None:
+                    measure.saw_training(net.training)
                 self.recorder.end(measure, self, error, result)
 
-    def enter(self, modules: list[nn.Module], measure: Measure | None = None) -> Step:
-        """Switch ``modules`` to eval and enter the mode; ``leave`` undoes both."""
-        held = _hold(modules) if modules else None
-        tracker = None
-        if measure is not None:
-            if held is not None:
-                measure.switched = max(measure.switched, held.switched)
-            tracker = measure.tracker
+    def enter(
+        self,
+        modules: list[nn.Module],
+        measure: Measure | None = None,
+        net: _net.NetCall | None = None,
+    ) -> Step:
+        """Switch ``modules`` to eval and enter the mode; ``leave`` undoes both.
+
+        Interrupted part way, it undoes what it did before the interrupt goes on.
+        """
+        step = Step(_Hold(modules) if modules else None, net, None)
         try:
-            token = _enter(self.inference)
-        except BaseException:
+            if net is not None:
+                _net_start(net)
+            held = step.held
             if held is not None:
-                _release(held)
+                _take(held)
+                if measure is not None:
+                    measure.switched = max(measure.switched, held.switched)
+            _enter_mode(step, self.inference)
+            if measure is not None and measure.tracker is not None:
+                step.tracker = measure.tracker
+                _memory.resume(step.tracker)
+            return step  # in the try: nothing may land between the last change and here
+        except BaseException:
+            try:
+                self.leave(step)
+            finally:
+                self.leave(step)  # again: finishes a leave an interrupt stopped at its start
             raise
-        if tracker is not None:
-            _memory.resume(tracker)
-        return held, token, tracker
 
     def run_step(
-        self, modules: list[nn.Module], measure: Measure | None, fn: Callable[[], Any]
+        self,
+        modules: list[nn.Module],
+        measure: Measure | None,
+        fn: Callable[[], Any],
+        net: _net.NetCall | None = None,
     ) -> Any:
         """Run one step of a body (``gen.close``, say) between ``enter`` and ``leave``."""
-        step = self.enter(modules, measure)
+        step = None
         try:
-            return fn()
+            try:
+                step = self.enter(modules, measure, net)
+                return fn()
+            finally:
+                if step is not None:
+                    self.leave(step)
         finally:
-            self.leave(step)
+            if step is not None:
+                self.leave(step)  # again: finishes a leave an interrupt stopped at its start
 
     def leave(self, step: Step) -> None:
-        """Leave the mode and give the modules their flags back, whatever happened."""
-        held, token, tracker = step
+        """Leave the mode and give the modules their flags back, whatever happened.
+
+        Safe to call again on the same step: an interrupt that stops it part way is
+        followed by a second call (see ``_steps``), which finishes the rest.
+        """
         try:
+            tracker = step.tracker
             if tracker is not None:
-                _memory.suspend(tracker)
+                _memory.suspend(tracker)  # idempotent
         finally:
             try:
-                _leave(token)
+                token = step.token
+                if token is not None:
+                    _leave(token)
+                    step.token = None
             finally:
-                if held is not None:
-                    _release(held)
+                try:
+                    net = step.net
+                    if net is not None and not net.stopped:
+                        _net_stop(net)
+                finally:
+                    held = step.held
+                    if held is not None and not held.released:
+                        _release(held)
 
     def fall_back(
         self, error: BaseException, *, can_retry: bool = True, measure: Measure | None = None
@@ -379,31 +609,78 @@ def fixed_modules(modules: Sequence[nn.Module]) -> ModuleFinder:
     return find
 
 
-def _owner_modules(owner: Any) -> list[nn.Module]:
-    if isinstance(owner, _Module):
-        return [_unwrap(owner)]
-    attributes = getattr(owner, "__dict__", None)
-    if not attributes:
-        return []
-    return [_unwrap(v) for v in attributes.values() if isinstance(v, _Module)]
+class _AutoFinder:
+    """``modules="auto"`` for a decorated function: ``self``, the arguments, and what
+    the function's code reaches (``_reach``), each looked at one level deep."""
 
+    __slots__ = ("bound", "names", "reach", "self_obj")
 
-def _auto_finder(self_obj: Any, bound: list[nn.Module]) -> ModuleFinder:
-    def find(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[nn.Module]:
-        owner = instance if instance is not None else self_obj
-        found = _owner_modules(owner) if owner is not None and not isinstance(owner, type) else []
-        if bound:
-            found.extend(bound)
+    def __init__(
+        self,
+        self_obj: Any,
+        bound: list[nn.Module],
+        reach: _reach.Reach | None,
+        names: tuple[str, ...],
+    ) -> None:
+        self.self_obj = self_obj
+        self.bound = bound
+        self.reach = reach
+        self.names = names  # the parameters, for describe's labels
+
+    def find(self, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[nn.Module]:
+        """The modules this call reaches, each once."""
+        found: list[nn.Module] = []
+        owner = instance if instance is not None else self.self_obj
+        if owner is not None and not isinstance(owner, type):
+            _look(found, owner)
+        if self.bound:
+            found.extend(self.bound)
         for arg in args:
-            if isinstance(arg, _Module):
-                found.append(_unwrap(arg))
+            _look(found, arg)
         if kwargs:
             for arg in kwargs.values():
-                if isinstance(arg, _Module):
-                    found.append(_unwrap(arg))
+                _look(found, arg)
+        reach = self.reach
+        if reach is not None:
+            reach.find(found)
+        if len(found) > 1:  # the same model reached twice is switched once
+            seen: set[int] = set()
+            found = [m for m in found if not (id(m) in seen or seen.add(id(m)))]  # type: ignore[func-returns-value]
         return found
 
-    return find
+    def labelled(
+        self, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> list[tuple[nn.Module, str]]:
+        """The same look, each module with how it was found (for ``describe``)."""
+        found: list[nn.Module] = []
+        labels: list[tuple[nn.Module, str]] = []
+        owner = instance if instance is not None else self.self_obj
+        if owner is not None and not isinstance(owner, type):
+            _look(found, owner, labels, "self")
+        labels.extend((m, "partial argument") for m in self.bound)
+        offset = 1 if owner is not None and self.names[:1] in (("self",), ("cls",)) else 0
+        for index, arg in enumerate(args):
+            position = index + offset
+            name = self.names[position] if position < len(self.names) else str(position)
+            _look(found, arg, labels, f"argument '{name}'")
+        for name, arg in kwargs.items():
+            _look(found, arg, labels, f"argument '{name}'")
+        if self.reach is not None:
+            self.reach.find(found, labels)
+        return labels
+
+
+_look = _reach.look
+
+
+def _auto_finder(fn: Any, func: Any, self_obj: Any, bound: list[nn.Module]) -> ModuleFinder:
+    try:
+        names = tuple(inspect.signature(func).parameters)
+    except (TypeError, ValueError):
+        names = ()
+    reach = _reach.reach_of(func)
+    # The bound method, not the object: calling an object's Python __call__ costs more.
+    return _AutoFinder(self_obj, bound, reach, names).find
 
 
 def underlying(fn: Any) -> tuple[Any, Any]:
@@ -433,7 +710,10 @@ def module_finder(fn: Callable[..., Any], policy: Policy) -> ModuleFinder:
     if spec == "auto":
         # A partial's own arguments are part of every call.
         frozen = (*fn.args, *fn.keywords.values()) if isinstance(fn, functools.partial) else ()
-        return _auto_finder(self_obj, [_unwrap(a) for a in frozen if isinstance(a, _Module)])
+        bound = [_unwrap(a) for a in frozen if isinstance(a, _Module)]
+        return _auto_finder(
+            fn, fn.func if isinstance(fn, functools.partial) else func, self_obj, bound
+        )
     modules = [_unwrap(s) for s in spec if isinstance(s, _Module)]
     names = [s for s in spec if isinstance(s, str)]
     if not names:

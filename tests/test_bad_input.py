@@ -87,3 +87,37 @@ def test_modules_name_bound_to_a_non_module_says_so() -> None:
 def test_describe_of_something_unguarded() -> None:
     with pytest.raises(TypeError, match=r"describe\(\) takes a function decorated"):
         gradguard.describe(len)
+
+
+@pytest.mark.parametrize("methods", [5, None, [1], ("generate", 2.0)])
+def test_guard_methods_that_are_not_names_say_what_methods_takes(methods: Any) -> None:
+    with pytest.raises(TypeError, match=r"guard\(methods=\.\.\.\) takes the names of module"):
+        gradguard.guard(nn.Linear(1, 1), methods=methods)
+
+
+@pytest.mark.parametrize("seed", [1.5, True, "1.5", "zero", [1]])
+def test_configure_seed_must_be_an_integer_and_is_never_truncated(seed: Any) -> None:
+    with pytest.raises(ValueError, match=r"seed must be an integer or None"):
+        gradguard.configure(seed=seed)
+    assert gradguard.configure(seed="12").seed == 12
+    assert gradguard.configure(seed=None).seed is None
+
+
+def test_bad_rank_variable_is_named_in_the_warning(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    monkeypatch.setenv("RANK", "zero")
+    gradguard.configure(log_file=str(tmp_path / "calls-{rank}.jsonl"))
+
+    @gradguard.infer
+    def f() -> None:
+        pass
+
+    with pytest.warns(gradguard.TelemetryWarning, match=r"RANK environment variable .* 'zero'"):
+        f()
+    gradguard.configure(log_file=None)
+
+
+def test_net_option_rejects_a_bad_value() -> None:
+    with pytest.raises(ValueError, match=r"net must be one of 'spaced', 'always', 'off'; got 'on'"):
+        gradguard.infer(net="on")  # type: ignore[call-overload]

@@ -64,6 +64,22 @@ def test_benchmarks_run_at_a_tiny_size(script: str, expected: tuple[str, str]) -
         assert line in result.stdout
 
 
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (("fork", "--forks", "3"), "fork: 3 forks, 0 wrong children, 0 hangs"),
+        (("signals", "--interrupts", "50"), "signals: 50 interrupts, 0 stale states"),
+    ],
+)
+def test_stress_core_runs_at_a_tiny_size(args: tuple[str, ...], expected: str) -> None:
+    script = ROOT / "examples" / "benchmarks" / "stress_core.py"  # full size: test_stress.py
+    result = subprocess.run(
+        [sys.executable, str(script), *args], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == expected
+
+
 def run_example(name: str, *args: str, timeout: float = 120) -> str:
     """Run ``examples/<name>`` as a user would, from another folder; return its output."""
     command = ["bash"] if name.endswith(".sh") else [sys.executable]

@@ -126,6 +126,12 @@ class Measure:
         """Whether the call started in inference mode (a retried call did)."""
         return not self.flags & NO_GRAD or self.retried
 
+    def saw_training(self, count: int) -> None:
+        """The eval net saw ``count`` modules start their forward in training mode inside
+        the call: the call counts as one that ran modules in training mode."""
+        if count:
+            self.flags |= GRAD
+
 
 class FullMeasure(Measure):
     """A call that emits a full event (or an OpenTelemetry span): device, probe, timing."""
@@ -148,6 +154,10 @@ class FullMeasure(Measure):
         self.timing = None
         self.span = None
         self.tracker = None
+
+    def saw_training(self, count: int) -> None:
+        Measure.saw_training(self, count)
+        self.training += count
 
 
 _HOST_DEVICES = frozenset({"cpu", "meta"})

@@ -55,7 +55,15 @@ class FileSink:
         # tells it, else it goes to rank 0's file (a process started another way, as
         # torch.multiprocessing.spawn does, learns its rank from the group).
         if rank is None:
-            rank = int(os.environ.get("RANK", "0") or 0)
+            raw = os.environ.get("RANK", "0") or "0"
+            try:
+                rank = int(raw)
+            except ValueError:
+                msg = (
+                    f"the RANK environment variable must be an integer (torchrun sets it to "
+                    f"the process's rank); got {raw!r}. Unset it or set it to 0, 1, ..."
+                )
+                raise ValueError(msg) from None
         self.template = template
         self.pid = PROCESS.pid
         self.path = template.format(pid=self.pid, rank=rank)

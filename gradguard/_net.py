@@ -1,0 +1,178 @@
+"""The run-time net: modules a guarded call runs that no static look could find.
+
+``modules="auto"`` finds the models a function's code names (``_reach``), but not a model
+a helper in another module uses from its own globals, nor one built or fetched inside the
+call. On the calls it watches (the first of each target, then calls 2, 4, 8…, or every
+call with ``net="always"``), a guarded call adds the ``"eval"`` watcher to torch's global
+forward pre-hook (``_hooks``). Any module that starts its forward in training mode, in
+that call's thread, below none of the call's own modules, is switched to eval with its
+subtree before it runs (``_eval.take``, so it is given back when the call, or the step,
+ends), and the target remembers it, weakly, to switch it up front on later calls. The
+watcher is taken out when no watched call runs, so calls the net does not watch, and
+module calls outside guarded calls, pay nothing.
+
+What it cannot do: a model only the net can find, first run between two watched calls,
+runs as it is until the next watched call.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import warnings
+from threading import get_ident
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from . import _eval
+from ._errors import EvalWarning
+from ._hooks import forward_pre_hooks
+from ._stack import user_stacklevel
+
+if TYPE_CHECKING:
+    from ._target import Target
+
+__all__ = ["NetCall", "start", "stop"]
+
+_TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+# The watched calls running now, per thread, innermost last. The hook looks only at its
+# own thread's: a module in another thread is never touched.
+_calls: dict[int, list[NetCall]] = {}
+_lock = threading.RLock()  # reentrant: an interrupted step must never wait on itself
+
+
+class NetCall:
+    """One watched call (or step): what the net found running in it and what it switched."""
+
+    __slots__ = ("covered", "held", "roots", "stopped", "switch", "target", "thread", "training")
+
+    def __init__(self, target: Target, roots: list[nn.Module], *, switch: bool) -> None:
+        self.target = target
+        self.roots = roots
+        # Switch what it finds: eval=True and modules="auto". Otherwise it only counts
+        # (and, with an explicit modules= list, warns).
+        self.switch = switch
+        self.thread = get_ident()
+        # ids of the modules below the call's own roots and below what the net found:
+        # computed when a first training module is seen, not on every watched call.
+        self.covered: set[int] | None = None
+        self.held: list[_eval.Hold] = []
+        self.training = 0  # modules seen starting their forward in training mode
+        self.stopped = False  # set once stop() has finished
+
+    def saw(self, module: nn.Module) -> None:
+        """A module starts its forward in training mode inside this call."""
+        covered = self.covered
+        if covered is None:
+            covered = self.covered = {id(m) for r in self.roots for m in _eval.submodules(r)}
+        key = id(module)
+        if key in covered:  # one of the call's own (eval=False): counted already
+            return
+        covered.update(id(m) for m in _eval.submodules(module))
+        where = _where()
+        if self.switch:
+            held = _eval.Hold([module])
+            self.held.append(held)  # in hand before anything changes
+            _eval.take(held)
+        else:
+            self.training += 1
+        self.target.net_found(module, where, switched=self.switch)
+
+
+def _where() -> str:
+    """``file:line in function`` of the code that called the module (outside torch)."""
+    frame: Any = sys._getframe(2)
+    while frame is not None and frame.f_code.co_filename.startswith((_TORCH_DIR, _PACKAGE_DIR)):
+        frame = frame.f_back
+    if frame is None:
+        return "?"
+    code = frame.f_code
+    name = getattr(code, "co_qualname", code.co_name)
+    return f"{os.path.basename(code.co_filename)}:{frame.f_lineno} in {name}"
+
+
+def _watcher(module: nn.Module, args: Any) -> None:
+    if not module.training:  # the common case, first: a module in eval is no news
+        return
+    calls = _calls.get(get_ident())
+    if calls:
+        calls[-1].saw(module)
+
+
+def start(net: NetCall) -> None:
+    """Watch module calls in this thread for ``net`` until ``stop(net)``."""
+    net.stopped = False  # again, for the next step of a call made of steps
+    with _lock:
+        calls = _calls.get(net.thread)
+        if calls is None:
+            calls = _calls[net.thread] = []
+        calls.append(net)
+        forward_pre_hooks.add("eval", _watcher)
+
+
+def stop(net: NetCall) -> None:
+    """Stop watching for ``net`` and give back what it switched. Idempotent."""
+    try:
+        _stop(net)
+    except BaseException:
+        _stop(net)  # interrupted part way: each step is idempotent, finish it
+        raise
+
+
+def _stop(net: NetCall) -> None:
+    with _lock:
+        calls = _calls.get(net.thread)
+        if calls is not None:
+            if net in calls:
+                calls.remove(net)
+            if not calls:
+                del _calls[net.thread]
+        if not _calls:
+            forward_pre_hooks.discard("eval")
+    for held in net.held[::-1]:
+        if not held.released:
+            _eval.release(held)
+    # A call made of steps starts again at its next step: what was found is released
+    # now, and found (and switched) again if it runs again.
+    net.held = []
+    net.covered = None
+    net.stopped = True
+
+
+def warn(target: Target, module: nn.Module, where: str, *, switched: bool) -> None:
+    """The once-per-target ``EvalWarning`` of what the net found."""
+    kind = type(module)
+    ran = f"{target.name} ran a {kind.__module__}.{kind.__qualname__} in training mode at {where}"
+    if switched:
+        msg = (
+            f"gradguard: {ran}, which none of its arguments, globals, closure cells, "
+            "defaults or attributes holds; gradguard switched it to eval for the call and "
+            "switches it up front from now on, but a call the run-time net does not watch "
+            "runs such a model as it is until then. Say so up front: pass the model to the "
+            "function, or name it: @gradguard.infer(modules=[model, ...])."
+        )
+    else:
+        msg = (
+            f"gradguard: {ran}, which modules= does not name, so it ran in training mode. "
+            "Add it to the list: modules=[..., model], or leave modules='auto'."
+        )
+    warnings.warn(msg, EvalWarning, stacklevel=user_stacklevel((_TORCH_DIR,)))
+
+
+def _after_fork_in_child() -> None:
+    global _lock
+    _lock = threading.RLock()
+    me = get_ident()
+    for thread in [t for t in _calls if t != me]:
+        del _calls[thread]  # their holds are ended by _eval's own at-fork handler
+    if not _calls:
+        forward_pre_hooks.discard("eval")
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
