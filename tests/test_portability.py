@@ -49,6 +49,6 @@ def test_gradguard_works_without_resource_fork_hooks_or_proc(tmp_path: Path) -> 
     assert result.returncode == 0, result.stderr
     [event] = [json.loads(line) for line in log.read_text().splitlines()]
     assert event["status"] == "ok"
-    assert event["eval_switched"] == 2
+    assert event["eval_switched"] == 3  # the global model: Sequential, Linear, Dropout
     assert event["mem_kind"] is None
     assert event["mem_after_bytes"] is None

@@ -39,7 +39,9 @@ class Looks:
 
     def __init__(self) -> None:
         self.baselines: dict[int, tuple[weakref.ref[nn.Module], set[int]]] = {}
-        self.lock = threading.Lock()
+        # Reentrant: ``forget`` is a weak reference's callback, which the collector may run
+        # while this very thread holds the lock (an allocation inside ``compare``).
+        self.lock = threading.RLock()
 
     def forget(self, key: int, ref: weakref.ref[nn.Module]) -> None:
         with self.lock:
