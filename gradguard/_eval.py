@@ -31,11 +31,12 @@ from __future__ import annotations
 import os
 import threading
 from threading import get_ident
+from typing import Any
 
 import wrapt
 from torch import nn
 
-__all__ = ["Hold", "hold", "release", "reset", "submodules", "take"]
+__all__ = ["Hold", "hold", "release", "reset", "submodules", "take", "unproxied"]
 
 _Module = nn.Module
 _Proxy = wrapt.ObjectProxy
@@ -81,10 +82,12 @@ def submodules(root: nn.Module) -> list[nn.Module]:
     for module in found:  # the list grows while it is walked: breadth first
         if module is not None:
             found.extend(module._modules.values())
-    return [_unproxied(m) for m in found if m is not None]
+    return [unproxied(m) for m in found if m is not None]
 
 
-def _unproxied(module: nn.Module) -> nn.Module:
+def unproxied(module: Any) -> Any:
+    """The module a gradguard proxy (or any wrapt proxy) wraps: flags must be set on the
+    module itself, since setting one on the proxy would land on the proxy."""
     while isinstance(module, _Proxy):
         module = module.__wrapped__
     return module

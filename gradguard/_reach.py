@@ -30,6 +30,8 @@ import torch
 import wrapt
 from torch import nn
 
+from ._eval import unproxied
+
 __all__ = ["Reach", "reach_of"]
 
 _Module = nn.Module
@@ -114,10 +116,7 @@ def _slots(cls: type) -> tuple[str, ...]:
     return names
 
 
-def _unwrap(value: Any) -> Any:
-    while isinstance(value, _Proxy):
-        value = value.__wrapped__
-    return value
+_unwrap = unproxied
 
 
 Labels = list[tuple[nn.Module, str]] | None

@@ -44,8 +44,6 @@ __all__ = [
 
 Kind = Literal["function", "module", "scope"]
 ModuleFinder = Callable[[Any, tuple[Any, ...], dict[str, Any]], list[nn.Module]]
-# (call, registrations seen at its start, modules, their inference tensors at its start)
-Watch = tuple[int, int, list[nn.Module], Any]
 
 _Module = nn.Module
 _Proxy = wrapt.ObjectProxy
@@ -65,6 +63,15 @@ _landed = _leaks.landed
 _watching = _leaks.watching
 _look_before = _leaks.look_before
 _unhook_idle = _leaks.unhook_idle
+
+
+class Watch(NamedTuple):
+    """What the leak look at a call's end needs from the call's start."""
+
+    call: int
+    registrations: int  # the registrations seen so far (``_leaks.landed.seq``)
+    modules: list[nn.Module]
+    before: Any  # the modules' inference tensors at the start, on looked-at calls (1, 2, 4…)
 
 
 class Begun(NamedTuple):
@@ -406,7 +413,7 @@ class Target:
         _unhook_idle()  # the last watched output died: this call's modules skip the hook
         # Also without modules: a call that builds or loads a model registers its tensors.
         before = _look_before(modules) if modules and not call & (call - 1) else None
-        return call, _landed.seq, modules or [], before
+        return Watch(call, _landed.seq, modules or [], before)
 
     def watch_end(self, watch: Watch | None, result: Any = None) -> None:
         """At a call's end (when it returned): report the new inference tensors it left
@@ -414,7 +421,7 @@ class Target:
         (``_leaks.look_after``), if it registered any or was looked at."""
         if watch is None:
             return
-        call, mark, modules, before = watch
+        call, mark, modules, before = watch.call, watch.registrations, watch.modules, watch.before
         if before is not None or _landed.seq != mark:
             warn = not self.leak_warned
             if _leaks.look_after(modules, self.name, call, mark, before, warn, result):
@@ -591,12 +598,7 @@ class Target:
         return "retry" if retry else "raise"
 
 
-def _unwrap(module: Any) -> nn.Module:
-    # A gradguard proxy (or any wrapt proxy) of a module: switch the module itself, since
-    # setting a flag on the proxy would land on the proxy.
-    while isinstance(module, _Proxy):
-        module = module.__wrapped__
-    return module  # type: ignore[no-any-return]
+_unwrap = _eval.unproxied
 
 
 def fixed_modules(modules: Sequence[nn.Module]) -> ModuleFinder:

@@ -18,11 +18,12 @@ def _module_name(path: Path) -> str:
 
 
 def _imports(path: Path, name: str) -> set[str]:
-    """Every gradguard module ``path`` imports, at any depth of its code (lazy imports in
-    functions count: they close a circle as surely as the ones at the top)."""
+    """Every gradguard module ``path`` imports when it runs, at any depth of its code (lazy
+    imports in functions count: they close a circle as surely as the ones at the top;
+    imports under ``if TYPE_CHECKING:`` do not run, and are left out)."""
     is_package = path.name == "__init__.py"
     found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    for node in _runtime_nodes(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
             found.update(a.name for a in node.names if a.name.startswith("gradguard"))
         elif isinstance(node, ast.ImportFrom):
@@ -38,6 +39,19 @@ def _imports(path: Path, name: str) -> set[str]:
                 found.add(module)
                 found.update(f"{module}.{a.name}" for a in node.names)
     return found
+
+
+def _runtime_nodes(tree: ast.AST) -> list[ast.AST]:
+    nodes: list[ast.AST] = []
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING":
+            todo.extend(node.orelse)
+            continue
+        nodes.append(node)
+        todo.extend(ast.iter_child_nodes(node))
+    return nodes
 
 
 def _graph() -> dict[str, set[str]]:
@@ -81,3 +95,9 @@ def test_the_import_graph_of_the_package_has_no_circle() -> None:
 def test_the_circle_finder_finds_a_circle() -> None:
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert _cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_imports_for_type_checkers_only_are_left_out() -> None:
+    tree = ast.parse("if TYPE_CHECKING:\n    import a\nelse:\n    import b\nimport c\n")
+    names = {a.name for n in _runtime_nodes(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert names == {"b", "c"}
