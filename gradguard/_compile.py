@@ -130,6 +130,7 @@ def prepare() -> None:
     """
     loaded = [n for n in list(sys.modules) if n == "gradguard" or n.startswith("gradguard.")]
     if all(n in _prepared for n in loaded):
+        _done()  # cheap, and idempotent: each module's callback only sets a flag
         return
     with _lock:
         try:

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from . import _eval
+from ._compile import register as _register_with_compile
 from ._errors import EvalWarning
 from ._hooks import forward_pre_hooks
 from ._stack import user_stacklevel
@@ -43,6 +44,28 @@ _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 # The watched calls running now, per thread, innermost last. The hook looks only at its
 # own thread's: a module in another thread is never touched.
 _calls: dict[int, list[NetCall]] = {}
+
+
+class _Compiled:
+    """Whether ``torch.compile`` is in use with gradguard: the net then watches no call.
+
+    dynamo guards a compiled graph on torch's global module hooks; a hook put in for the
+    calls the net watches (1, 2, 4, 8…) and taken out for the others would make it
+    recompile the model again and again. Models no look at the code finds are then not
+    switched: name them with ``modules=[...]`` (docs/guarding.md says so).
+    """
+
+    in_use = False
+
+    def on_prepared(self) -> None:
+        _Compiled.in_use = True
+
+    def reset(self) -> None:
+        """Forget that torch.compile was in use (for tests; the next compile says so again)."""
+        _Compiled.in_use = False
+
+
+compiled = _Compiled()
 _lock = threading.RLock()  # reentrant: an interrupted step must never wait on itself
 
 
@@ -176,3 +199,5 @@ def _after_fork_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
+
+_register_with_compile((), compiled.on_prepared)

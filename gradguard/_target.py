@@ -236,7 +236,11 @@ class Target:
 
     def net_watches(self, call: int) -> bool:
         """Whether the run-time net watches this call: the first, 2, 4, 8…, or every one."""
-        return not self.net_off and (self.net_every or not call & (call - 1))
+        return (
+            not self.net_off
+            and (self.net_every or not call & (call - 1))
+            and not _net.compiled.in_use
+        )
 
     def net_call(
         self,
@@ -305,7 +309,9 @@ class Target:
             modules = self.with_remembered(modules)
         net = (
             self.net_call(instance, args, kwargs, modules)
-            if not self.net_off and (self.net_every or not call & (call - 1))
+            if not self.net_off
+            and (self.net_every or not call & (call - 1))
+            and not _net.compiled.in_use
             else None
         )
         recorder = self.recorder

@@ -8,7 +8,7 @@ import pytest
 import structlog
 import torch
 
-from gradguard import _config, _telemetry
+from gradguard import _config, _net, _telemetry
 
 pytest_plugins = ["pytester"]
 
@@ -40,6 +40,7 @@ def _fresh_settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         monkeypatch.delenv(variable, raising=False)
     _config.reset()
     _telemetry.reset()
+    _net.compiled.reset()
     yield
     _telemetry.flush()
     _config.reset()
