@@ -115,6 +115,7 @@ def test_bad_rank_variable_is_named_in_the_warning(
 
     with pytest.warns(gradguard.TelemetryWarning, match=r"RANK environment variable .* 'zero'"):
         f()
+        gradguard.flush()  # events are written in batches: the file is opened here
     gradguard.configure(log_file=None)
 
 
