@@ -11,6 +11,7 @@ torch's ``_wrap_generator`` does for generators.
 
 from __future__ import annotations
 
+import functools
 import gc
 import weakref
 from collections.abc import AsyncGenerator, Callable, Generator
@@ -22,70 +23,107 @@ from ._net import NetCall
 from ._target import Step, Target
 from ._telemetry import Measure
 
-__all__ = ["async_generator_call", "coroutine_call", "generator_call"]
-
-# The bodies gradguard is driving, held weakly: a body often holds its owner (a generator
-# kept as `self.it = self.gen()` holds `self`), so a strong reference from here would keep
-# both alive for good. A body collected in a reference cycle is finalized by the collector,
-# maybe before its wrapper, whose close would have run the body's cleanup guarded. But the
-# collector clears weak references, calling their callbacks, before it calls any
-# finalizer: the callback enters the body's mode and switches its modules, and both are
-# left when the collection ends (a gc callback), so the cleanup runs guarded either way.
-_running: dict[weakref.ref[Any], tuple[Target, list[nn.Module]]] = {}
-_dying: list[tuple[Target, Step]] = []
+__all__ = ["async_generator_call", "bodies", "coroutine_call", "generator_call"]
 
 
-def _track(body: Any, target: Target, modules: list[nn.Module]) -> weakref.ref[Any] | None:
-    try:
-        ref = weakref.ref(body, _collected)
-    except TypeError:  # an async generator's asend(): its generator is tracked itself
-        return None
-    if _after_collection not in gc.callbacks:
-        gc.callbacks.append(_after_collection)
-    _running[ref] = (target, modules)
-    return ref
+class _Bodies:
+    """The bodies (generators, coroutines) gradguard is driving, held weakly.
 
+    A body often holds its owner (a generator kept as ``self.it = self.gen()`` holds
+    ``self``), so a strong reference from here would keep both alive for good. A body
+    collected in a reference cycle is finalized by the collector, maybe before its
+    wrapper, whose close would have run the body's cleanup guarded. But the collector
+    clears weak references, calling their callbacks, before it calls any finalizer: the
+    callback enters the body's mode and switches its modules, and both are left when the
+    collection ends (a ``gc.callbacks`` entry), so the cleanup runs guarded either way.
 
-def _untrack(ref: weakref.ref[Any] | None) -> None:
-    if ref is not None:
-        _running.pop(ref, None)
-    if not _running and not _dying and _after_collection in gc.callbacks:
-        gc.callbacks.remove(_after_collection)  # no global callback left while not needed
+    An interrupt that lands in a collector callback is reported and dropped by Python
+    (``Exception ignored``), which gives the callback no second run. So the end of a
+    collection is watched by two callbacks doing the same idempotent work: one interrupt
+    stops at most one of them. They are never taken out of ``gc.callbacks`` from inside
+    a callback (the collector walks that list by index, and a removal would make it skip
+    the application's next callback), but from ordinary code: when the last body ends
+    (after a collection that found the last body, when the next guarded body ends).
+    """
 
+    __slots__ = ("_callbacks", "collecting", "dying", "running")
 
-_collecting = [False]  # between the collector's "start" and "stop" callbacks
+    def __init__(self) -> None:
+        self.running: dict[weakref.ref[Any], tuple[Target, list[nn.Module]]] = {}
+        self.dying: list[tuple[Target, Step]] = []  # entered by ``collected``, left at the end
+        self.collecting = False  # between the collector's "start" and "stop" callbacks
+        self._callbacks = (self.after_collection, functools.partial(self.after_collection))
 
-
-def _collected(ref: weakref.ref[Any]) -> None:
-    found = _running.pop(ref, None)
-    # Only the collector calls this before the body's finalizer; a body freed by its
-    # reference count was finalized already, by its wrapper, with nothing to do here.
-    if found is None or not _collecting[0]:
-        return
-    target, modules = found
-    try:
-        _dying.append((target, target.enter(modules)))
-    except Exception:  # never raise in the collector: the cleanup runs unguarded
-        return
-
-
-def _after_collection(phase: str, info: dict[str, Any]) -> None:
-    if phase == "start":
-        _collecting[0] = True
-        return
-    _collecting[0] = False
-    while _dying:
-        target, step = _dying[-1]
+    def track(self, body: Any, target: Target, modules: list[nn.Module]) -> weakref.ref[Any] | None:
+        """Watch ``body`` weakly until ``untrack``; return the reference to pass there."""
         try:
+            ref = weakref.ref(body, self.collected)
+        except TypeError:  # an async generator's asend(): its generator is tracked itself
+            return None
+        self._install()
+        self.running[ref] = (target, modules)
+        return ref
+
+    def untrack(self, ref: weakref.ref[Any] | None) -> None:
+        """The body of ``ref`` ended (or was closed) with its wrapper."""
+        if ref is not None:
+            self.running.pop(ref, None)
+        if not self.running and not self.dying:
+            self._uninstall()  # no global callback left while not needed
+
+    def collected(self, ref: weakref.ref[Any]) -> None:
+        """Weak-reference callback: the collector is about to finalize a body."""
+        found = self.running.pop(ref, None)
+        # Only the collector calls this before the body's finalizer; a body freed by its
+        # reference count was finalized already, by its wrapper, with nothing to do here.
+        if found is None or not self.collecting:
+            return
+        target, modules = found
+        try:
+            self.dying.append((target, target.enter(modules)))
+        except Exception:  # never raise in the collector: the cleanup runs unguarded
+            return
+
+    def after_collection(self, phase: str, info: dict[str, Any]) -> None:
+        """``gc.callbacks`` entry: leave what ``collected`` entered once the collection ends."""
+        if phase == "start":
+            self.collecting = True
+            return
+        self.collecting = False
+        dying = self.dying
+        while dying:
+            target, step = dying[-1]
             try:
-                target.leave(step)
-            finally:
-                target.leave(step)  # again: idempotent, finishes an interrupted leave
-        except Exception:  # a train() override failing: the others are still left
-            pass
-        _dying.pop()
-    if not _running and _after_collection in gc.callbacks:
-        gc.callbacks.remove(_after_collection)
+                try:
+                    target.leave(step)
+                finally:
+                    target.leave(step)  # again: idempotent, finishes an interrupted leave
+            except Exception:  # a train() override failing: the others are still left
+                pass
+            dying.pop()
+
+    def reset(self) -> None:
+        """Leave what a collection entered, forget every body, take the callbacks out (tests)."""
+        self.after_collection("stop", {})
+        self.running.clear()
+        self._uninstall()
+
+    def _install(self) -> None:
+        callbacks = gc.callbacks
+        for callback in self._callbacks:
+            if not any(c is callback for c in callbacks):
+                callbacks.append(callback)
+
+    def _uninstall(self) -> None:
+        callbacks = gc.callbacks
+        for callback in self._callbacks:
+            for index, c in enumerate(callbacks):
+                if c is callback:
+                    del callbacks[index]
+                    break
+
+
+bodies = _Bodies()
 
 
 def _start(
@@ -148,14 +186,14 @@ def generator_call(
             result = stop.value
             return result
         inference = target.inference
-        ref = _track(gen, target, modules)
+        ref = bodies.track(gen, target, modules)
         try:
             result = yield from _resume(target, modules, measure, gen, response, call, net)
         except RuntimeError as error:
             _late_fall_back(target, error, inference, measure)
             raise
         finally:
-            _untrack(ref)
+            bodies.untrack(ref)
         return result
     except BaseException as error:
         failure = None if isinstance(error, GeneratorExit) else error  # closed early: fine
@@ -225,7 +263,7 @@ class _Stepped:
         enter, leave = self._target.enter, self._target.leave
         value: Any = None
         thrown: BaseException | None = None
-        ref = _track(inner, self._target, modules)
+        ref = bodies.track(inner, self._target, modules)
         try:
             while True:
                 step: Step | None = None
@@ -249,7 +287,7 @@ class _Stepped:
                 except BaseException as error:  # cancellation included: the body sees it
                     value, thrown = None, error
         finally:
-            _untrack(ref)
+            bodies.untrack(ref)
 
 
 async def coroutine_call(
@@ -289,7 +327,7 @@ async def async_generator_call(
     failure: BaseException | None = None
     agen = wrapped(*args, **kwargs)
     inference = target.inference
-    ref = _track(agen, target, modules)
+    ref = bodies.track(agen, target, modules)
     try:
         try:
             response = await _Stepped(target, modules, measure, agen.asend(None), net)
@@ -298,9 +336,9 @@ async def async_generator_call(
         except RuntimeError as error:
             if not inference or target.fall_back(error, measure=measure) != "retry":
                 raise
-            _untrack(ref)
+            bodies.untrack(ref)
             agen = wrapped(*args, **kwargs)  # nothing reached the caller yet: start again
-            ref = _track(agen, target, modules)
+            ref = bodies.track(agen, target, modules)
             try:
                 response = await _Stepped(target, modules, measure, agen.asend(None), net)
             except StopAsyncIteration:
@@ -328,5 +366,5 @@ async def async_generator_call(
         failure = None if isinstance(error, GeneratorExit) else error  # closed early: fine
         raise
     finally:
-        _untrack(ref)
+        bodies.untrack(ref)
         target.end(measure, failure, None, watch, net)

@@ -8,7 +8,7 @@ import pytest
 import structlog
 import torch
 
-from gradguard import _config, _net, _telemetry
+from gradguard import _config, _net, _steps, _telemetry
 
 pytest_plugins = ["pytester"]
 
@@ -43,6 +43,7 @@ def _fresh_settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     _net.compiled.reset()
     yield
     _telemetry.flush()
+    _steps.bodies.reset()
     _config.reset()
     _telemetry.reset()
     # structlog.testing.capture_logs() leaves structlog marked configured, which would

@@ -522,13 +522,10 @@ def test_cancelled_coroutine_programs_in_a_loop_and_by_hand(cancel_after: int) -
     assert (interp.bodies["coroutine"] > 0) == (cancel_after > 0)
 
 
-@pytest.mark.parametrize("kind", ["generator", "coroutine"])
-def test_cleanup_of_a_body_collected_in_a_cycle_runs_guarded(kind: str) -> None:
-    """Dropped half way in a reference cycle, a guarded generator or coroutine still runs
-    its body's cleanup under the mode, with its module in eval, whichever of the wrapper
-    and the body the collector finalizes first."""
-    model = nn.Linear(1, 1).train()
-    cleanup: list[tuple[bool, bool]] = []
+def _dropped_in_a_cycle(
+    model: nn.Module, cleanup: list[tuple[bool, bool]], kind: str = "generator"
+) -> None:
+    """Start a guarded generator or coroutine on ``model``, drop it half way in a cycle."""
 
     @gradguard.infer(mode="inference")
     def generator(m: nn.Module) -> Iterator[None]:
@@ -551,8 +548,76 @@ def test_cleanup_of_a_body_collected_in_a_cycle_runs_guarded(kind: str) -> None:
     body.send(None)  # the collector will finalize the body first
     cycle: list[Any] = [body]
     cycle.append(cycle)
-    del body, cycle
+
+
+@pytest.mark.parametrize("kind", ["generator", "coroutine"])
+def test_cleanup_of_a_body_collected_in_a_cycle_runs_guarded(kind: str) -> None:
+    """Dropped half way in a reference cycle, a guarded generator or coroutine still runs
+    its body's cleanup under the mode, with its module in eval, whichever of the wrapper
+    and the body the collector finalizes first."""
+    model = nn.Linear(1, 1).train()
+    cleanup: list[tuple[bool, bool]] = []
+    _dropped_in_a_cycle(model, cleanup, kind)
     gc.collect()
     assert cleanup == [(True, False)]  # under inference mode, model in eval
     assert model.training
     assert not torch.is_inference_mode_enabled()
+
+
+@pytest.mark.parametrize("which", [0, 1])
+def test_an_interrupt_in_a_collector_callback_leaves_nothing_behind(
+    which: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An interrupt landing as one of the callbacks that end a collection starts is dropped
+    by Python ("Exception ignored"), with no second run: the other callback still leaves
+    the mode and gives the flags back."""
+    from gradguard._steps import bodies
+
+    dropped: list[type[BaseException]] = []
+    monkeypatch.setattr("sys.unraisablehook", lambda u: dropped.append(u.exc_type))
+    callbacks = list(bodies._callbacks)
+    real = callbacks[which]
+
+    def interrupted(phase: str, info: dict[str, Any]) -> None:
+        if phase == "stop":
+            raise KeyboardInterrupt  # before its first line, as a signal handler would
+        real(phase, info)
+
+    callbacks[which] = interrupted
+    monkeypatch.setattr(bodies, "_callbacks", tuple(callbacks))
+    model = nn.Sequential(nn.Linear(1, 1), nn.Dropout()).train()
+    cleanup: list[tuple[bool, bool]] = []
+    try:
+        _dropped_in_a_cycle(model, cleanup)
+        gc.collect()
+    finally:
+        bodies.untrack(None)  # no body left: the callbacks, the interrupted one too, go
+    assert dropped == [KeyboardInterrupt]
+    assert cleanup == [(True, False)]  # still guarded
+    assert all(m.training for m in model.modules())
+    assert not torch.is_inference_mode_enabled()
+    assert bodies.dying == []
+
+
+def test_the_application_gc_callbacks_all_run_when_the_last_body_is_collected() -> None:
+    """gradguard never takes its callbacks out of gc.callbacks while the collector walks
+    that list: a removal there would make it skip the application's next callback."""
+    from gradguard._steps import bodies
+
+    phases: list[str] = []
+
+    def mine(phase: str, info: dict[str, Any]) -> None:
+        phases.append(phase)
+
+    model = nn.Linear(1, 1).train()
+    cleanup: list[tuple[bool, bool]] = []
+    _dropped_in_a_cycle(model, cleanup)
+    gc.callbacks.append(mine)
+    try:
+        gc.collect()
+    finally:
+        gc.callbacks.remove(mine)
+    assert phases == ["start", "stop"]
+    assert cleanup == [(True, False)]
+    bodies.untrack(None)  # ordinary code: the callbacks come out once no body is left
+    assert not any(c in gc.callbacks for c in bodies._callbacks)

@@ -27,11 +27,5 @@ def test_fork_with_threads_inside_guarded_calls_100_forks() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=False,
-    reason="known defect, issue 11 open: some runs of 10,000 random interrupts leave a "
-    "stale state (0 in most runs, 1 in some); the line-by-line injection in "
-    "test_robust.py passes",
-)
 def test_signal_storm_of_10000_interrupts_leaves_no_stale_state() -> None:
     assert run("signals", "--interrupts", "10000") == "signals: 10000 interrupts, 0 stale states"

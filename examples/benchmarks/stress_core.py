@@ -2,7 +2,10 @@
 interrupts landing at random points of small guarded calls. Prints the counts.
 
 Run: python examples/benchmarks/stress_core.py fork --forks 100
-     python examples/benchmarks/stress_core.py signals --interrupts 10000
+     python examples/benchmarks/stress_core.py signals --interrupts 10000 [--verbose]
+
+``--defaults`` runs either with gradguard's default settings (in-process aggregates, the
+leak sentinel) instead of the core alone.
 
 fork: threads run guarded calls (plain, generator, block; a model with its own train()
 among them) on models in training mode without pause; the main thread forks. Each
@@ -14,6 +17,9 @@ does not exit within the timeout counts as a hang.
 signals: a timer (SIGALRM) raises KeyboardInterrupt after a random 5-150 µs while the
 main thread runs small guarded calls in a loop; after each interrupt the flags, torch's
 modes and gradguard's registry must be exactly as before the loop (0 stale states).
+An interrupt that lands in a collector callback or a finalizer is dropped by Python
+("Exception ignored") and the calls go on; the state is checked after those too.
+``--verbose`` says what each stale state held.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ import torch
 from torch import nn
 
 import gradguard
-from gradguard import _eval, _hooks, _net
+from gradguard import _eval, _hooks, _net, _scope, _steps
 
 
 class KeepsNormFrozen(nn.Module):
@@ -55,14 +61,22 @@ def flags(model: nn.Module) -> list[bool]:
     return [m.training for m in model.modules()]
 
 
+def leftovers() -> list[str]:
+    """What gradguard's registries still hold: empty when nothing is stale."""
+    found = {
+        "held": _eval._held,
+        "in use": _eval._in_use,
+        "deferred": _eval._deferred,
+        "net calls": _net._calls,
+        "net hook": "eval" in _hooks.forward_pre_hooks.watchers,
+        "open blocks": _scope._open.blocks,
+        "dying bodies": _steps.bodies.dying,
+    }
+    return [f"{what}: {value!r}" for what, value in found.items() if value]
+
+
 def registry_empty() -> bool:
-    return (
-        not _eval._held
-        and not _eval._in_use
-        and not _eval._deferred
-        and not _net._calls
-        and "eval" not in _hooks.forward_pre_hooks.watchers
-    )
+    return not leftovers()
 
 
 def calls(models: list[nn.Module]) -> list[Callable[[], Any]]:
@@ -145,7 +159,7 @@ def stress_fork(forks: int, threads: int, timeout: float) -> tuple[int, int, int
     return forks, wrong, hangs
 
 
-def stress_signals(interrupts: int) -> tuple[int, int]:
+def stress_signals(interrupts: int, *, verbose: bool = False) -> tuple[int, int]:
     models = [nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5)).train(), KeepsNormFrozen().train()]
     before = [flags(m) for m in models]
     kinds = calls(models)
@@ -157,9 +171,11 @@ def stress_signals(interrupts: int) -> tuple[int, int]:
     sys.unraisablehook = lambda unraisable: None  # those dropped interrupts, unprinted
     stale = 0
     landed = 0
+    names = ["plain(first)", "plain(second)", "through_global", "stream(first)", "block"]
     try:
         while landed < interrupts:
-            call = random.choice(kinds)
+            index = random.randrange(len(kinds))
+            call = kinds[index]
             try:
                 signal.setitimer(signal.ITIMER_REAL, random.uniform(5e-6, 150e-6))
                 # Bounded: an interrupt landing in a weakref callback or finalizer is
@@ -177,7 +193,17 @@ def stress_signals(interrupts: int) -> tuple[int, int]:
             )
             if not ok:
                 stale += 1
+                if verbose:
+                    wrong = [
+                        *leftovers(),
+                        *(["flags"] if [flags(m) for m in models] != before else []),
+                        *(["grad off"] if not torch.is_grad_enabled() else []),
+                        *(["inference mode on"] if torch.is_inference_mode_enabled() else []),
+                    ]
+                    print(f"stale after {names[index]}: {'; '.join(wrong)}", file=sys.stderr)
+                _steps.bodies.reset()  # first: it leaves the modes a collection entered
                 _eval.reset()
+                _scope._open.blocks.clear()
                 for model, flag in zip(models, before, strict=True):
                     for module, f in zip(model.modules(), flag, strict=True):
                         module.training = f
@@ -197,15 +223,25 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=3)
     parser.add_argument("--timeout", type=float, default=20.0, help="seconds before a hang")
     parser.add_argument("--interrupts", type=int, default=10_000)
+    parser.add_argument(
+        "--defaults",
+        action="store_true",
+        help="run with gradguard's default settings (aggregates, leak sentinel) instead of "
+        "the core alone",
+    )
+    parser.add_argument(
+        "--verbose", action="store_true", help="signals: say what each stale state held"
+    )
     args = parser.parse_args()
-    gradguard.configure(enabled=False, leaks="off")  # the core alone
+    if not args.defaults:
+        gradguard.configure(enabled=False, leaks="off")  # the core alone
     torch.set_num_threads(1)
     warnings_off()
     if args.what == "fork":
         forks, wrong, hangs = stress_fork(args.forks, args.threads, args.timeout)
         print(f"fork: {forks} forks, {wrong} wrong children, {hangs} hangs")
         sys.exit(1 if wrong or hangs else 0)
-    landed, stale = stress_signals(args.interrupts)
+    landed, stale = stress_signals(args.interrupts, verbose=args.verbose)
     print(f"signals: {landed} interrupts, {stale} stale states")
     sys.exit(1 if stale else 0)
 
