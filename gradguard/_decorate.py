@@ -81,10 +81,16 @@ class _DirectGuardedFunction(GuardedFunction):
     (the function used as a method) still go through wrapt's binding.
     """
 
+    def __init__(self, wrapped: Any, wrapper: Any, target: Target) -> None:
+        super().__init__(wrapped, wrapper, target)
+        # The wrapped function bound in already: every attribute read on a wrapt proxy
+        # costs a lookup through the proxy, and a call reads only this one.
+        self._self_direct = functools.partial(wrapper, wrapped, None)
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if _unprepared and "torch._dynamo" in _modules:
             _compile.prepare_now()
-        return self._self_run(self.__wrapped__, None, args, kwargs)
+        return self._self_direct(args, kwargs)
 
 
 def _default_name(fn: Any) -> str:

@@ -12,11 +12,11 @@ from __future__ import annotations
 import dis
 import types
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
-__all__ = ["enter", "fallback_reason", "grad_need", "leave"]
+__all__ = ["Holder", "enter", "fallback_reason", "grad_need", "leave", "restore"]
 
 _InferenceMode = torch._C._InferenceMode
 _is_inference_mode_enabled = torch.is_inference_mode_enabled
@@ -24,31 +24,50 @@ _is_grad_enabled = torch.is_grad_enabled
 _set_grad_enabled = torch._C._set_grad_enabled
 
 
-def enter(inference: bool) -> Any:
-    """Enter inference mode (``inference=True``) or no_grad; return the token for ``leave``.
+class Holder(Protocol):
+    """Where a mode's token is kept between ``enter`` and ``leave`` (a step, say)."""
+
+    token: Any
+
+
+def enter(holder: Holder, *, inference: bool) -> None:
+    """Enter inference mode (``inference=True``) or no_grad; keep in ``holder.token`` what
+    ``leave`` needs to restore the modes as they were.
+
+    The token is recorded before grad mode changes: an interrupt in between leaves nothing
+    ``leave`` cannot see (the inference guard is a C++ object, whose creation is the change
+    itself and which exits itself if dropped before it is recorded).
 
     no_grad inside an outer inference-mode block first leaves inference mode: otherwise
     ``torch.enable_grad()`` in the target would record nothing. ``_InferenceMode(False)``
     turns grad mode on (even inside no_grad), so grad mode is switched off after it.
+    ``Target.call`` writes the same steps out in its own frame, with a local for the token.
     """
     if inference:
-        return _InferenceMode(True)
-    if _is_inference_mode_enabled():
-        guard = _InferenceMode(False)
+        holder.token = _InferenceMode(True)
+    elif _is_inference_mode_enabled():
+        holder.token = _InferenceMode(False)
         _set_grad_enabled(False)
-        return guard
-    previous = _is_grad_enabled()
-    _set_grad_enabled(False)
-    return previous
+    else:
+        holder.token = _is_grad_enabled()
+        _set_grad_enabled(False)
 
 
-def leave(token: Any) -> None:
-    """Restore the grad and inference mode that ``enter`` found."""
+def leave(holder: Holder) -> None:
+    """Restore the grad and inference mode that ``enter`` found. Idempotent."""
+    token = holder.token
+    if token is None:
+        return
+    restore(token)
+    holder.token = None
+
+
+def restore(token: Any) -> None:
+    """Restore the modes a token records: the grad flag, or a guard's whole state."""
     if token is True or token is False:
         _set_grad_enabled(token)
     else:
-        # The guard restores both inference mode and grad mode as they were.
-        token.__exit__(None, None, None)
+        token.__exit__(None, None, None)  # a second exit does nothing
 
 
 # Names whose presence in a target's code shows that it computes gradients inside:

@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import wrapt
 from torch import nn
 
-from . import _compile
+from . import _compile, _eval
 from ._policy import Policy, make_policy
-from ._target import ModuleFinder, Target, _unwrap, fixed_modules
+from ._target import ModuleFinder, Target, fixed_modules
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -207,7 +207,7 @@ def _policy_modules(module: nn.Module, policy: Policy) -> ModuleFinder:
         return fixed_modules([s for s in specs if isinstance(s, nn.Module)])
 
     def find(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[nn.Module]:
-        return [_unwrap(_submodule(module, s) if isinstance(s, str) else s) for s in specs]
+        return [_eval.unproxied(_submodule(module, s) if isinstance(s, str) else s) for s in specs]
 
     return find
 
@@ -308,7 +308,6 @@ _compile.register(
         _GuardedMethod.__call__,
         # Every call, plain or made of steps, reaches the user's code through these.
         Target.call,
-        Target._run,
         Target.run_step,
     ],
     _prepared,

@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from . import _leaks
+from . import _eval, _leaks
 from ._net import NetCall
 from ._policy import make_policy
 from ._stack import caller_name
-from ._target import Step, Target, Watch, _unwrap
+from ._target import Look, Step, Target
 from ._telemetry import Measure
 
 if TYPE_CHECKING:
@@ -71,6 +71,17 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_targets._after_fork_in_child)
 
 
+class _Block:
+    """A block open in this thread: its target, its step, and whether it has exited."""
+
+    __slots__ = ("exited", "step", "target")
+
+    def __init__(self, target: Target, step: Step) -> None:
+        self.target = target
+        self.step = step
+        self.exited = False
+
+
 class _Open(threading.local):
     """The blocks open in this thread, innermost last, each with whether it has exited.
 
@@ -80,7 +91,11 @@ class _Open(threading.local):
     """
 
     def __init__(self) -> None:
-        self.blocks: list[list[Any]] = []  # [target, step, exited]
+        self.blocks: list[_Block] = []
+
+    def reset(self) -> None:
+        """Forget the blocks open in this thread (for tests)."""
+        self.blocks.clear()
 
 
 _open = _Open()
@@ -93,9 +108,9 @@ def _leave_exited() -> None:
     stopped is done again (``Target.leave`` is idempotent).
     """
     blocks = _open.blocks
-    while blocks and blocks[-1][2]:
-        done, done_step, _ = blocks[-1]
-        done.leave(done_step)
+    while blocks and blocks[-1].exited:
+        done = blocks[-1]
+        done.target.leave(done.step)
         blocks.pop()
 
 
@@ -139,11 +154,11 @@ class scope:  # used like a function: `with gradguard.scope(model):`
         self._target = target = _targets.get(
             key, lambda: Target(name, "scope", key_policy, (), None)
         )
-        self._modules = [_unwrap(m) for m in (*models, *extra)]
+        self._modules = [_eval.unproxied(m) for m in (*models, *extra)]
         self._step: Step | None = None
-        self._block: list[Any] = []
+        self._block: _Block | None = None
         self._measure: Measure | None = None
-        self._watch: Watch | None = None
+        self._look: Look | None = None
         self._net: NetCall | None = None
         self._thread = 0
         self._inference = target.inference
@@ -158,7 +173,7 @@ class scope:  # used like a function: `with gradguard.scope(model):`
             )
             raise RuntimeError(msg)
         target = self._target
-        modules, self._measure, self._call, self._watch, self._net = target.begin(
+        modules, self._measure, self._call, self._look, self._net = target.begin(
             None, (), {}, self._modules
         )
         frame = sys._getframe(1)
@@ -172,7 +187,7 @@ class scope:  # used like a function: `with gradguard.scope(model):`
         try:
             try:
                 self._step = target.enter(modules, self._measure, self._net)
-                self._block = block = [target, self._step, False]
+                self._block = block = _Block(target, self._step)
                 _open.blocks.append(block)
                 return self
             except BaseException as error:
@@ -190,9 +205,10 @@ class scope:  # used like a function: `with gradguard.scope(model):`
     ) -> None:
         try:
             try:
-                if self._step is None:
+                block = self._block
+                if self._step is None or block is None:
                     return
-                self._block[2] = True
+                block.exited = True
                 _leave_exited()
                 if exc is not None and self._inference:  # next run: no_grad
                     self._target.fall_back(exc, can_retry=False, measure=self._measure)
@@ -219,8 +235,8 @@ class scope:  # used like a function: `with gradguard.scope(model):`
         if step is None:
             return
         block = self._block
-        if any(b is block for b in _open.blocks):
-            block[2] = True
+        if block is not None and any(b is block for b in _open.blocks):
+            block.exited = True
             _leave_exited()
         else:  # entered only part way: never listed in the open blocks
             self._target.leave(step)
@@ -230,7 +246,7 @@ class scope:  # used like a function: `with gradguard.scope(model):`
                 _leaks.remember_locals(self._locals, self._target.name, self._call)
         finally:
             self._locals = None  # the frame: not kept past the block
-            self._target.end(self._measure, exc, None, self._watch, self._net)
+            self._target.end(self._measure, exc, None, self._look, self._net)
 
     async def __aenter__(self) -> Self:
         return self.__enter__()

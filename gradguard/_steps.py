@@ -39,7 +39,7 @@ class _Bodies:
 
     An interrupt that lands in a collector callback is reported and dropped by Python
     (``Exception ignored``), which gives the callback no second run. So the end of a
-    collection is watched by two callbacks doing the same idempotent work: one interrupt
+    collection has two callbacks doing the same idempotent work: one interrupt
     stops at most one of them. They are never taken out of ``gc.callbacks`` from inside
     a callback (the collector walks that list by index, and a removal would make it skip
     the application's next callback), but from ordinary code: when the last body ends
@@ -55,7 +55,7 @@ class _Bodies:
         self._callbacks = (self.after_collection, functools.partial(self.after_collection))
 
     def track(self, body: Any, target: Target, modules: list[nn.Module]) -> weakref.ref[Any] | None:
-        """Watch ``body`` weakly until ``untrack``; return the reference to pass there."""
+        """Track ``body`` weakly until ``untrack``; return the reference to pass there."""
         try:
             ref = weakref.ref(body, self.collected)
         except TypeError:  # an async generator's asend(): its generator is tracked itself
@@ -174,7 +174,7 @@ def generator_call(
     kwargs: dict[str, Any],
 ) -> Generator[Any, Any, Any]:
     """Run a generator with the mode on only while its body runs."""
-    modules, measure, call, watch, net = target.begin(instance, args, kwargs)
+    modules, measure, call, look, net = target.begin(instance, args, kwargs)
     failure: BaseException | None = None
     result = None
     try:
@@ -199,7 +199,7 @@ def generator_call(
         failure = None if isinstance(error, GeneratorExit) else error  # closed early: fine
         raise
     finally:
-        target.end(measure, failure, result, watch, net)
+        target.end(measure, failure, result, look, net)
 
 
 def _resume(
@@ -298,7 +298,7 @@ async def coroutine_call(
     kwargs: dict[str, Any],
 ) -> Any:
     """Await a coroutine with the mode on only while its body runs."""
-    modules, measure, call, watch, net = target.begin(instance, args, kwargs)
+    modules, measure, call, look, net = target.begin(instance, args, kwargs)
     inference = target.inference
     try:
         try:
@@ -309,9 +309,9 @@ async def coroutine_call(
             result = await _Stepped(target, modules, measure, wrapped(*args, **kwargs), net)
         result = target.deliver(result, call)
     except BaseException as error:
-        target.end(measure, error, None, watch, net)
+        target.end(measure, error, None, look, net)
         raise
-    target.end(measure, None, result, watch, net)
+    target.end(measure, None, result, look, net)
     return result
 
 
@@ -323,7 +323,7 @@ async def async_generator_call(
     kwargs: dict[str, Any],
 ) -> AsyncGenerator[Any, Any]:
     """Iterate an async generator with the mode on only while its body runs."""
-    modules, measure, call, watch, net = target.begin(instance, args, kwargs)
+    modules, measure, call, look, net = target.begin(instance, args, kwargs)
     failure: BaseException | None = None
     agen = wrapped(*args, **kwargs)
     inference = target.inference
@@ -367,4 +367,4 @@ async def async_generator_call(
         raise
     finally:
         bodies.untrack(ref)
-        target.end(measure, failure, None, watch, net)
+        target.end(measure, failure, None, look, net)

@@ -19,10 +19,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
+import torch
 import wrapt
 from torch import nn
 
-from . import _eval, _leaks, _memory, _modes, _net, _reach
+from . import _eval, _hooks, _leaks, _memory, _modes, _net, _reach
 from ._errors import FallbackWarning
 from ._outputs import clone_inference_tensors
 from ._policy import Policy
@@ -32,11 +33,11 @@ from ._telemetry import Measure, Recorder
 __all__ = [
     "Begun",
     "FoundModule",
+    "Look",
     "ModuleFinder",
     "Step",
     "Target",
     "TargetInfo",
-    "Watch",
     "fixed_modules",
     "module_finder",
     "underlying",
@@ -47,26 +48,15 @@ ModuleFinder = Callable[[Any, tuple[Any, ...], dict[str, Any]], list[nn.Module]]
 
 _Module = nn.Module
 _Proxy = wrapt.ObjectProxy
-_Hold = _eval.Hold
-_take = _eval.take
-_release = _eval.release
-_enter = _modes.enter
-_InferenceMode = _modes._InferenceMode
-_leave = _modes.leave
-_is_inference_mode_enabled = _modes._is_inference_mode_enabled
-_is_grad_enabled = _modes._is_grad_enabled
-_set_grad_enabled = _modes._set_grad_enabled
-_NetCall = _net.NetCall
-_net_start = _net.start
-_net_stop = _net.stop
-_landed = _leaks.landed
-_watching = _leaks.watching
-_look_before = _leaks.look_before
-_unhook_idle = _leaks.unhook_idle
+# torch's own functions, read once: each is called on every guarded call.
+_InferenceMode = torch._C._InferenceMode
+_is_inference_mode_enabled = torch.is_inference_mode_enabled
+_is_grad_enabled = torch.is_grad_enabled
+_set_grad_enabled = torch._C._set_grad_enabled
 
 
-class Watch(NamedTuple):
-    """What the leak look at a call's end needs from the call's start."""
+class Look(NamedTuple):
+    """What the leak look at the end of a call made of steps needs from its start."""
 
     call: int
     registrations: int  # the registrations seen so far (``_leaks.landed.seq``)
@@ -80,7 +70,7 @@ class Begun(NamedTuple):
     modules: list[nn.Module]  # switched to eval at each step
     measure: Measure | None  # None when the call is not sampled
     call: int
-    watch: Watch | None  # for the leak look at the call's end
+    look: Look  # for the leak look at the call's end
     net: _net.NetCall | None  # the run-time net's record, on the calls it watches
 
 
@@ -101,28 +91,16 @@ class Step:
     """What one step of a guarded call changed, for ``Target.leave`` to undo.
 
     Each change is written here before it is made, so an interrupt between the two
-    leaves nothing that ``leave`` cannot see.
+    leaves nothing that ``leave`` cannot see. ``token`` is the mode's (``_modes.enter``).
     """
 
     __slots__ = ("held", "net", "token", "tracker")
 
-    def __init__(self, held: _eval.Hold | None, net: _net.NetCall | None, tracker: Any) -> None:
+    def __init__(self, held: _eval.Hold | None, net: _net.NetCall | None) -> None:
         self.held = held
         self.net = net
         self.token: Any = None
-        self.tracker = tracker
-
-
-def _enter_mode(step: Step, inference: bool) -> None:
-    """``_modes.enter``, recording the token in ``step`` before grad mode changes."""
-    if inference:
-        step.token = _InferenceMode(True)  # a C++ guard: freed unrecorded, it exits itself
-    elif _is_inference_mode_enabled():
-        step.token = _InferenceMode(False)
-        _set_grad_enabled(False)
-    else:
-        step.token = _is_grad_enabled()
-        _set_grad_enabled(False)
+        self.tracker: Any = None
 
 
 @dataclass(frozen=True)
@@ -193,7 +171,7 @@ class Target:
         self.clone = policy.outputs == "clone"
         self.find_modules = find_modules
         self.switch = policy.eval
-        self.recorder = Recorder(name, policy)
+        self.recorder = Recorder(name, kind, policy)
         self.leak_warned = False  # about inference tensors a call left in its modules
         # The run-time net (_net): which calls it watches, and whether it switches what
         # it finds (only with eval on and modules="auto": an explicit list is the user's).
@@ -260,7 +238,7 @@ class Target:
             labels = [(m, how) for m in modules or ()]
         for module, how in labels:
             self._note(module, how)
-        return _NetCall(self, list(modules or ()), switch=self.net_switch)
+        return _net.NetCall(self, list(modules or ()), switch=self.net_switch)
 
     def _note(self, module: nn.Module, how: str) -> None:
         found = self.found
@@ -301,7 +279,18 @@ class Target:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> Any:
-        """Run one plain call of ``fn`` guarded, measured when the call is sampled."""
+        """Run one plain call of ``fn`` guarded, measured when the call is sampled.
+
+        In order: find the modules, start the net's watch, the leak look and the measure,
+        switch to eval, enter the mode, run, undo each in reverse, look, deliver. The
+        steps are written out in this one frame rather than split into helpers as calls
+        made of steps are (``begin``, ``enter``, ``leave``, ``end``): a Python call costs
+        a tenth of a guarded no-op, which must cost no more than ``@torch.inference_mode()``.
+
+        Every change is recorded (in ``held``, ``token``, ``net``) before it is made, and
+        undone twice over: an interrupt that lands at the start of the inner ``finally``
+        leaves the outer one to run; each undo is idempotent and cheap when done.
+        """
         call = self.calls = self._next_call()
         find = self.find_modules
         modules = find(instance, args, kwargs) if find is not None else None
@@ -309,136 +298,130 @@ class Target:
             modules = self.with_remembered(modules)
         net = (
             self.net_call(instance, args, kwargs, modules)
-            if not self.net_off
+            if not self.net_off  # net_watches(call), without its frame
             and (self.net_every or not call & (call - 1))
             and not _net.compiled.in_use
             else None
         )
         recorder = self.recorder
-        if not recorder.sampled():
-            return self._run(fn, args, kwargs, modules, None, call, net)
-        measure = recorder.begin(call, modules, args, kwargs, self.inference, self.switch)
+        measure = (
+            recorder.begin(
+                call, modules, args, kwargs, inference=self.inference, switch=self.switch
+            )
+            if recorder.sampled()
+            else None
+        )
         try:
-            result = self._run(fn, args, kwargs, modules, measure, call, net)
+            # The leak look's start (``look_start``, without its record).
+            if _hooks.forward_pre_hooks.watchers or _hooks.forward_hooks_always.watchers:
+                _leaks.unhook_idle()
+            mark = _leaks.landed.seq
+            before = _leaks.look_before(modules) if modules and not call & (call - 1) else None
+            held = _eval.Hold(modules) if modules and self.switch else None
+            inference = self.inference
+            token: Any = None
+            undone = False
+            try:
+                try:
+                    if net is not None:
+                        _net.start(net)
+                    if held is not None:
+                        _eval.take(held)
+                        if measure is not None:
+                            measure.switched = held.switched
+                    while True:  # twice at most: again under no_grad after a fallback
+                        try:
+                            try:
+                                # _modes.enter, with this frame's local for the token
+                                if inference:
+                                    token = _InferenceMode(True)
+                                elif _is_inference_mode_enabled():
+                                    token = _InferenceMode(False)
+                                    _set_grad_enabled(False)
+                                else:
+                                    token = _is_grad_enabled()
+                                    _set_grad_enabled(False)
+                                result = fn(*args, **kwargs)
+                            finally:
+                                if token is not None:  # _modes.restore
+                                    if token is True or token is False:
+                                        _set_grad_enabled(token)
+                                    else:
+                                        token.__exit__(None, None, None)
+                                    token = None
+                            break
+                        except RuntimeError as error:
+                            # Run it again under no_grad: eval is still held, only the
+                            # mode changes. Nothing has reached the caller yet.
+                            if not inference or self.fall_back(error, measure=measure) != "retry":
+                                raise
+                            inference = False
+                finally:
+                    if token is not None:
+                        _modes.restore(token)
+                    if net is not None:
+                        _net.stop(net)
+                        if measure is not None:
+                            measure.saw_training(net.training)
+                    if held is not None:
+                        _eval.release(held)
+                    undone = True
+            finally:
+                if not undone:  # an interrupt stopped the undo above: finish it (idempotent)
+                    if token is not None:
+                        _modes.restore(token)
+                    if net is not None:
+                        _net.stop(net)
+                    if held is not None:
+                        _eval.release(held)
+            if before is not None or _leaks.landed.seq != mark:
+                self._look_after(modules, call, mark, before, result)
+            # ``deliver``
+            if self.clone:
+                result = clone_inference_tensors(result)
+            elif result is not None and _leaks.watching():
+                _leaks.remember(result, self.name, call)
         except BaseException as error:
-            recorder.end(measure, self, error)
+            if measure is not None:
+                recorder.end(measure, error)
             raise
-        recorder.end(measure, self, None, result)
+        if measure is not None:
+            recorder.end(measure, None, result)
         return result
 
-    def _run(
-        self,
-        fn: Callable[..., Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        modules: list[nn.Module] | None,
-        measure: Measure | None,
-        call: int,
-        net: _net.NetCall | None,
-    ) -> Any:
-        watch = self.watch_start(call, modules)
-        # Every change below is recorded (in held, token, net) before it is made, and
-        # undone twice over: an interrupt that lands at the start of the inner finally
-        # leaves the outer one to run; each undo is idempotent and cheap when done.
-        held = _Hold(modules) if modules and self.switch else None
-        inference = self.inference
-        token: Any = None
-        undone = False
-        try:
-            try:
-                if net is not None:
-                    _net_start(net)
-                if held is not None:
-                    _take(held)
-                    if measure is not None:
-                        measure.switched = held.switched
-                try:
-                    # _enter/_leave inlined for the common case: a call costs less than
-                    # torch's own decorator only if nothing else is paid on the way.
-                    if inference:
-                        token = _InferenceMode(True)
-                    elif _is_inference_mode_enabled():
-                        token = _InferenceMode(False)
-                        _set_grad_enabled(False)
-                    else:
-                        token = _is_grad_enabled()  # recorded, then changed
-                        _set_grad_enabled(False)
-                    result = fn(*args, **kwargs)
-                finally:
-                    if token is not None:
-                        if inference:
-                            token.__exit__(None, None, None)
-                        else:
-                            _leave(token)
-                        token = None
-            except RuntimeError as error:
-                if not inference:
-                    raise
-                decision = self.fall_back(error)
-                if decision is None:
-                    raise
-                if measure is not None:
-                    measure.fallback = True
-                    measure.retried = decision == "retry"
-                if decision != "retry":
-                    raise
-                # Run it again under no_grad: eval is still held, only the mode changes.
-                try:
-                    token = _enter(False)
-                    result = fn(*args, **kwargs)
-                finally:
-                    if token is not None:
-                        _leave(token)
-                        token = None
-            finally:
-                if token is not None:
-                    _leave(token)
-                if net is not None:
-                    _net_stop(net)
-                    if measure is not None:
-                        measure.saw_training(net.training)
-                if held is not None:
-                    _release(held)
-                undone = True
-        finally:
-            if not undone:  # an interrupt stopped the undo above: finish it (idempotent)
-                if token is not None:
-                    _leave(token)
-                if net is not None:
-                    _net_stop(net)
-                if held is not None:
-                    _release(held)
-        if watch is not None:
-            self.watch_end(watch, result)
-        return self.deliver(result, call)
+    # -- the leak look ---------------------------------------------------------------------
 
-    def watch_start(self, call: int, modules: list[nn.Module] | None) -> Watch | None:
-        """At a call's start, what ``watch_end`` needs to find the inference tensors the
+    def look_start(self, call: int, modules: list[nn.Module] | None) -> Look:
+        """At a call's start, what ``look_end`` needs to find the inference tensors the
         call leaves in its modules: registrations counted so far, and on calls 1, 2,
         4, 8… a look at the modules (``_leaks.look_before``)."""
-        _unhook_idle()  # the last watched output died: this call's modules skip the hook
+        # The last remembered tensor died: this call's modules skip the hook.
+        if _hooks.forward_pre_hooks.watchers or _hooks.forward_hooks_always.watchers:
+            _leaks.unhook_idle()
         # Also without modules: a call that builds or loads a model registers its tensors.
-        before = _look_before(modules) if modules and not call & (call - 1) else None
-        return Watch(call, _landed.seq, modules or [], before)
+        before = _leaks.look_before(modules) if modules and not call & (call - 1) else None
+        return Look(call, _leaks.landed.seq, modules or [], before)
 
-    def watch_end(self, watch: Watch | None, result: Any = None) -> None:
+    def look_end(self, look: Look, result: Any = None) -> None:
         """At a call's end (when it returned): report the new inference tensors it left
-        in its modules, in modules it built or in those it returned in ``result``
-        (``_leaks.look_after``), if it registered any or was looked at."""
-        if watch is None:
-            return
-        call, mark, modules, before = watch.call, watch.registrations, watch.modules, watch.before
-        if before is not None or _landed.seq != mark:
-            warn = not self.leak_warned
-            if _leaks.look_after(modules, self.name, call, mark, before, warn, result):
-                self.leak_warned = True
+        in its modules, in modules it built or in those it returned in ``result``, if it
+        registered any or was looked at."""
+        if look.before is not None or _leaks.landed.seq != look.registrations:
+            self._look_after(look.modules, look.call, look.registrations, look.before, result)
+
+    def _look_after(
+        self, modules: list[nn.Module] | None, call: int, mark: int, before: Any, result: Any
+    ) -> None:
+        warn = not self.leak_warned
+        if _leaks.look_after(modules or [], self.name, call, mark, before, warn, result):
+            self.leak_warned = True
 
     def deliver(self, result: Any, call: int) -> Any:
         """What the caller gets: clones of inference tensors (``outputs="clone"``), or the
         result itself, its inference tensors remembered for the leak sentinel."""
         if self.clone:
             return clone_inference_tensors(result)
-        if result is not None and _watching():
+        if result is not None and _leaks.watching():
             _leaks.remember(result, self.name, call)
         return result
 
@@ -455,7 +438,7 @@ class Target:
 
         Returns the modules each step switches to eval, the measure (``None`` when the
         call is not sampled), the call's number, what ``end`` needs to look at the
-        modules (``watch_start``), and the run-time net's record when it watches the call.
+        modules (``look_start``), and the run-time net's record when it watches the call.
         """
         call = self.calls = self._next_call()
         if modules is None:
@@ -464,32 +447,40 @@ class Target:
         if self.remembered:
             modules = self.with_remembered(modules)
         net = self.net_call(instance, args, kwargs, modules) if self.net_watches(call) else None
-        watch = self.watch_start(call, modules)
+        look = self.look_start(call, modules)
         recorder = self.recorder
         measure = (
-            recorder.begin(call, modules, args, kwargs, self.inference, self.switch, True)
+            recorder.begin(
+                call,
+                modules,
+                args,
+                kwargs,
+                inference=self.inference,
+                switch=self.switch,
+                stepped=True,
+            )
             if recorder.sampled()
             else None
         )
-        return Begun((modules if self.switch else []), measure, call, watch, net)
+        return Begun((modules if self.switch else []), measure, call, look, net)
 
     def end(
         self,
         measure: Measure | None,
         error: BaseException | None,
         result: Any,
-        watch: Watch | None = None,
+        look: Look | None = None,
         net: _net.NetCall | None = None,
     ) -> None:
         """Finish a call made of steps: look at its modules, emit its event."""
         try:
-            if error is None:
-                self.watch_end(watch, result)
+            if error is None and look is not None:
+                self.look_end(look, result)
         finally:
             if measure is not None:
                 if net is not None:
                     measure.saw_training(net.training)
-                self.recorder.end(measure, self, error, result)
+                self.recorder.end(measure, error, result)
 
     def enter(
         self,
@@ -501,16 +492,16 @@ class Target:
 
         Interrupted part way, it undoes what it did before the interrupt goes on.
         """
-        step = Step(_Hold(modules) if modules else None, net, None)
+        step = Step(_eval.Hold(modules) if modules else None, net)
         try:
             if net is not None:
-                _net_start(net)
+                _net.start(net)
             held = step.held
             if held is not None:
-                _take(held)
+                _eval.take(held)
                 if measure is not None:
                     measure.switched = max(measure.switched, held.switched)
-            _enter_mode(step, self.inference)
+            _modes.enter(step, inference=self.inference)
             if measure is not None and measure.tracker is not None:
                 step.tracker = measure.tracker
                 _memory.resume(step.tracker)
@@ -554,19 +545,16 @@ class Target:
                 _memory.suspend(tracker)  # idempotent
         finally:
             try:
-                token = step.token
-                if token is not None:
-                    _leave(token)
-                    step.token = None
+                _modes.leave(step)
             finally:
                 try:
                     net = step.net
                     if net is not None and not net.stopped:
-                        _net_stop(net)
+                        _net.stop(net)
                 finally:
                     held = step.held
                     if held is not None and not held.released:
-                        _release(held)
+                        _eval.release(held)
 
     def fall_back(
         self, error: BaseException, *, can_retry: bool = True, measure: Measure | None = None
@@ -604,12 +592,9 @@ class Target:
         return "retry" if retry else "raise"
 
 
-_unwrap = _eval.unproxied
-
-
 def fixed_modules(modules: Sequence[nn.Module]) -> ModuleFinder:
     """A finder for a target whose modules are known up front (a guard, a scope)."""
-    found = [_unwrap(m) for m in modules]
+    found = [_eval.unproxied(m) for m in modules]
 
     def find(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[nn.Module]:
         return found
@@ -640,14 +625,14 @@ class _AutoFinder:
         found: list[nn.Module] = []
         owner = instance if instance is not None else self.self_obj
         if owner is not None and not isinstance(owner, type):
-            _look(found, owner)
+            _reach.look(found, owner)
         if self.bound:
             found.extend(self.bound)
         for arg in args:
-            _look(found, arg)
+            _reach.look(found, arg)
         if kwargs:
             for arg in kwargs.values():
-                _look(found, arg)
+                _reach.look(found, arg)
         reach = self.reach
         if reach is not None:
             reach.find(found)
@@ -664,21 +649,18 @@ class _AutoFinder:
         labels: list[tuple[nn.Module, str]] = []
         owner = instance if instance is not None else self.self_obj
         if owner is not None and not isinstance(owner, type):
-            _look(found, owner, labels, "self")
+            _reach.look(found, owner, labels, "self")
         labels.extend((m, "partial argument") for m in self.bound)
         offset = 1 if owner is not None and self.names[:1] in (("self",), ("cls",)) else 0
         for index, arg in enumerate(args):
             position = index + offset
             name = self.names[position] if position < len(self.names) else str(position)
-            _look(found, arg, labels, f"argument '{name}'")
+            _reach.look(found, arg, labels, f"argument '{name}'")
         for name, arg in kwargs.items():
-            _look(found, arg, labels, f"argument '{name}'")
+            _reach.look(found, arg, labels, f"argument '{name}'")
         if self.reach is not None:
             self.reach.find(found, labels)
         return labels
-
-
-_look = _reach.look
 
 
 def _auto_finder(fn: Any, func: Any, self_obj: Any, bound: list[nn.Module]) -> ModuleFinder:
@@ -718,11 +700,11 @@ def module_finder(fn: Callable[..., Any], policy: Policy) -> ModuleFinder:
     if spec == "auto":
         # A partial's own arguments are part of every call.
         frozen = (*fn.args, *fn.keywords.values()) if isinstance(fn, functools.partial) else ()
-        bound = [_unwrap(a) for a in frozen if isinstance(a, _Module)]
+        bound = [_eval.unproxied(a) for a in frozen if isinstance(a, _Module)]
         return _auto_finder(
             fn, fn.func if isinstance(fn, functools.partial) else func, self_obj, bound
         )
-    modules = [_unwrap(s) for s in spec if isinstance(s, _Module)]
+    modules = [_eval.unproxied(s) for s in spec if isinstance(s, _Module)]
     names = [s for s in spec if isinstance(s, str)]
     if not names:
         return fixed_modules(modules)
@@ -777,7 +759,7 @@ def module_finder(fn: Callable[..., Any], policy: Policy) -> ModuleFinder:
                     "nn.Module; pass the module there, or leave the name out of modules="
                 )
                 raise TypeError(msg)
-            found.append(_unwrap(value))
+            found.append(_eval.unproxied(value))
         return found
 
     return find

@@ -203,7 +203,7 @@ def stress_signals(interrupts: int, *, verbose: bool = False) -> tuple[int, int]
                     print(f"stale after {names[index]}: {'; '.join(wrong)}", file=sys.stderr)
                 _steps.bodies.reset()  # first: it leaves the modes a collection entered
                 _eval.reset()
-                _scope._open.blocks.clear()
+                _scope._open.reset()
                 for model, flag in zip(models, before, strict=True):
                     for module, f in zip(model.modules(), flag, strict=True):
                         module.training = f

@@ -236,6 +236,7 @@ class Recorder:
         "_errors_only",
         "_events",
         "_generation",
+        "_kind",
         "_memory",
         "_otel",
         "_policy",
@@ -246,7 +247,8 @@ class Recorder:
         "_trace",
     )
 
-    def __init__(self, name: str, policy: Policy) -> None:
+    def __init__(self, name: str, kind: str, policy: Policy) -> None:
+        self._kind = kind  # of the target: "function", "module" or "scope"
         self._policy = policy
         self._generation = -1
         self._active = False
@@ -296,6 +298,7 @@ class Recorder:
         modules: Any,
         args: Any,
         kwargs: Any,
+        *,
         inference: bool,
         switch: bool,
         stepped: bool = False,
@@ -361,7 +364,6 @@ class Recorder:
     def end(
         self,
         measure: Measure | None,
-        target: Any,
         error: BaseException | None,
         result: Any = None,
     ) -> None:
@@ -370,7 +372,7 @@ class Recorder:
         if measure is None:
             return
         if type(measure) is not Measure:
-            self._end_full(measure, target, error, result)  # type: ignore[arg-type]
+            self._end_full(measure, error, result)  # type: ignore[arg-type]
             return
         try:
             wall_ns = _perf_ns() - measure.start_ns
@@ -387,7 +389,7 @@ class Recorder:
             if not measure.call & _FOLD_MASK:
                 self._aggregate.fold()
             if self._otel:
-                OTEL.record(target.name, not flags & NO_GRAD, wall_ns, error)
+                OTEL.record(self._seed_name, not flags & NO_GRAD, wall_ns, error)
             if _waiting_items:
                 WAITING.drain(block=False)
         except Exception as failure:
@@ -396,7 +398,6 @@ class Recorder:
     def _end_full(
         self,
         measure: FullMeasure,
-        target: Any,
         error: BaseException | None,
         result: Any,
     ) -> None:
@@ -416,10 +417,10 @@ class Recorder:
             if not measure.call & _FOLD_MASK:
                 aggregate.fold()
             if self._otel:
-                OTEL.record(target.name, inference, wall_ns, error)
+                OTEL.record(self._seed_name, inference, wall_ns, error)
             probe = measure.probe
             if probe is None:  # traced only: no event
-                OTEL.end_span(measure.span, target, measure, wall_ns, error)
+                OTEL.end_span(measure.span, self._seed_name, self._kind, measure, wall_ns, error)
                 if _waiting_items:
                     WAITING.drain(block=False)
                 return
@@ -434,8 +435,8 @@ class Recorder:
             record: CallRecord = _new_tuple(
                 CallRecord,
                 (
-                    target.name,
-                    target.kind,
+                    self._seed_name,
+                    self._kind,
                     inference,
                     bool(flags & FALLBACK),
                     None if error is None else f"{type(error).__name__}: {error}",
@@ -458,7 +459,9 @@ class Recorder:
                 ),
             )
             if measure.span is not None:
-                OTEL.end_span(measure.span, target, measure, wall_ns, error, record)
+                OTEL.end_span(
+                    measure.span, self._seed_name, self._kind, measure, wall_ns, error, record
+                )
             send = error is not None or not self._errors_only
             if timing is not None:
                 if self._sync:

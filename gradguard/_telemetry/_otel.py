@@ -106,7 +106,8 @@ class OpenTelemetry:
     def end_span(
         self,
         span: Any,
-        target: Any,
+        name: str,
+        kind: str,
         measure: Any,
         wall_ns: int,
         error: BaseException | None,
@@ -117,8 +118,8 @@ class OpenTelemetry:
         else:
             inference = measure.inference and not measure.retried
             fields = {
-                "target": target.name,
-                "kind": target.kind,
+                "target": name,
+                "kind": kind,
                 "mode": "inference" if inference else "no_grad",
                 "fallback": measure.fallback,
                 "status": "ok" if error is None else "error",
