@@ -21,8 +21,8 @@ from ._stack import user_stacklevel
 
 __all__ = ["Settings", "configure", "current", "reset"]
 
-Level = Literal["debug", "info", "warning", "error"]
-LEVELS: dict[str, int] = {"debug": 10, "info": 20, "warning": 30, "error": 40}
+LogLevel = Literal["debug", "info", "warning", "error"]
+LOG_LEVELS: dict[str, int] = {"debug": 10, "info": 20, "warning": 30, "error": 40}
 LeakLevel = Literal["off", "boundary", "strict"]
 LEAK_LEVELS: tuple[LeakLevel, ...] = ("off", "boundary", "strict")
 
@@ -53,7 +53,7 @@ class Settings:
     log_file: str | None = None
     sample: float = 1.0
     seed: int | None = None
-    level: Level = "info"
+    level: LogLevel = "info"
     leaks: LeakLevel = "boundary"
     console: bool = False
     otel: bool = False
@@ -97,9 +97,9 @@ def check_sample(name: str, value: Any) -> float:
     return fraction
 
 
-def _level(name: str, value: Any) -> Level:
-    if value not in LEVELS:
-        msg = f"{name} must be one of {', '.join(map(repr, LEVELS))}; got {value!r}"
+def _level(name: str, value: Any) -> LogLevel:
+    if value not in LOG_LEVELS:
+        msg = f"{name} must be one of {', '.join(map(repr, LOG_LEVELS))}; got {value!r}"
         raise ValueError(msg)
     return value  # type: ignore[no-any-return]
 
