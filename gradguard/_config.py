@@ -16,13 +16,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
+from ._checks import Check, choice, fraction, needs_otel, text_flag
 from ._errors import TelemetryWarning
 from ._stack import user_stacklevel
 
 __all__ = ["Settings", "configure", "current", "reset"]
 
-Level = Literal["debug", "info", "warning", "error"]
-LEVELS: dict[str, int] = {"debug": 10, "info": 20, "warning": 30, "error": 40}
+LogLevel = Literal["debug", "info", "warning", "error"]
+LOG_LEVELS: dict[LogLevel, int] = {"debug": 10, "info": 20, "warning": 30, "error": 40}
 LeakLevel = Literal["off", "boundary", "strict"]
 LEAK_LEVELS: tuple[LeakLevel, ...] = ("off", "boundary", "strict")
 
@@ -53,55 +54,19 @@ class Settings:
     log_file: str | None = None
     sample: float = 1.0
     seed: int | None = None
-    level: Level = "info"
+    level: LogLevel = "info"
     leaks: LeakLevel = "boundary"
     console: bool = False
     otel: bool = False
     trace: bool = False
 
 
-def _flag(name: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on"):
-        return True
-    if isinstance(value, str) and value.strip().lower() in ("0", "false", "no", "off", ""):
-        return False
-    msg = f"{name} must be true or false (1/0, yes/no, on/off); got {value!r}"
-    raise ValueError(msg)
+def _otel(name: str, value: Any) -> bool:
+    return needs_otel(name, text_flag(name, value))
 
 
-def _otel_flag(name: str, value: Any) -> bool:
-    on = _flag(name, value)
-    if on:
-        from ._telemetry._otel import available
-
-        if not available():
-            msg = (
-                f"{name}=True records through OpenTelemetry, but opentelemetry-api is not "
-                "installed; install it with `pip install gradguard[otel]`"
-            )
-            raise ValueError(msg)
-    return on
-
-
-def check_sample(name: str, value: Any) -> float:
-    """Return ``value`` as a sampling fraction in [0, 1], or raise naming ``name``."""
-    try:
-        fraction = float(value)
-    except (TypeError, ValueError):
-        fraction = -1.0
-    if isinstance(value, bool) or not 0.0 <= fraction <= 1.0:
-        msg = f"{name} must be a fraction between 0 and 1 (0.01 logs 1 call in 100); got {value!r}"
-        raise ValueError(msg)
-    return fraction
-
-
-def _level(name: str, value: Any) -> Level:
-    if value not in LEVELS:
-        msg = f"{name} must be one of {', '.join(map(repr, LEVELS))}; got {value!r}"
-        raise ValueError(msg)
-    return value  # type: ignore[no-any-return]
+def _log_level(name: str, value: Any) -> LogLevel:
+    return choice(name, value, LOG_LEVELS)
 
 
 def check_leak_level(name: str, value: Any, *, block: bool = False) -> LeakLevel:
@@ -110,17 +75,15 @@ def check_leak_level(name: str, value: Any, *, block: bool = False) -> LeakLevel
     ``"strict"`` checks every torch operation of the thread, so it is a block of code's
     setting (``watch_leaks(level="strict")``), not a process-wide one.
     """
-    if value not in LEAK_LEVELS:
-        msg = f"{name} must be one of {', '.join(map(repr, LEAK_LEVELS))}; got {value!r}"
-        raise ValueError(msg)
-    if value == "strict" and not block:
+    leak_level = choice(name, value, LEAK_LEVELS)
+    if leak_level == "strict" and not block:
         msg = (
             f"{name}='strict' watches every torch operation of a thread, so it is set for a "
             "block: `with gradguard.watch_leaks(level='strict'):`; process-wide, use "
             "'boundary' or 'off'"
         )
         raise ValueError(msg)
-    return value  # type: ignore[no-any-return]
+    return leak_level
 
 
 def _path(name: str, value: Any) -> str | None:
@@ -147,16 +110,17 @@ def _seed(name: str, value: Any) -> int | None:
     raise ValueError(msg)
 
 
-_CHECKS: dict[str, Callable[[str, Any], Any]] = {
-    "enabled": _flag,
+# What each setting accepts; a check is given the keyword or the variable for its message.
+SETTING_CHECKS: dict[str, Check] = {
+    "enabled": text_flag,
     "log_file": _path,
-    "sample": check_sample,
+    "sample": fraction,
     "seed": _seed,
-    "level": _level,
+    "level": _log_level,
     "leaks": check_leak_level,
-    "console": _flag,
-    "otel": _otel_flag,
-    "trace": _otel_flag,
+    "console": text_flag,
+    "otel": _otel,
+    "trace": _otel,
 }
 _ENV = {
     "enabled": "GRADGUARD_ENABLED",
@@ -183,7 +147,7 @@ def _from_environment() -> Settings:
         if value is None:
             continue
         try:
-            found[key] = _CHECKS[key](variable, value)
+            found[key] = SETTING_CHECKS[key](variable, value)
         except (TypeError, ValueError) as error:
             msg = f"gradguard: {error}; the variable is ignored until it is fixed"
             warnings.warn(msg, TelemetryWarning, stacklevel=user_stacklevel())
@@ -237,9 +201,9 @@ def configure(**options: Any) -> Settings:
     global _current, _generation
     checked: dict[str, Any] = {}
     for key, value in options.items():
-        check = _CHECKS.get(key)
+        check = SETTING_CHECKS.get(key)
         if check is None:
-            valid = ", ".join(sorted(_CHECKS))
+            valid = ", ".join(sorted(SETTING_CHECKS))
             msg = f"configure() got an unknown option {key!r}. Valid options: {valid}."
             raise TypeError(msg)
         checked[key] = check(key, value)

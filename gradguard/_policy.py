@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 from torch import nn
 
-from ._config import check_sample
+from ._checks import Check, choice, fraction, needs_otel, optional, strict_flag
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -95,35 +95,14 @@ class Policy:
         return replace(self, **options) if options else self
 
 
-def _choice(option: str, valid: tuple[str, ...]) -> Callable[[Any], Any]:
-    def check(value: Any) -> Any:
-        if value not in valid:
-            listed = ", ".join(repr(v) for v in valid)
-            msg = f"{option} must be one of {listed}; got {value!r}"
-            raise ValueError(msg)
-        return value
-
-    return check
-
-
-def _flag(option: str) -> Callable[[Any], bool]:
-    def check(value: Any) -> bool:
-        if not isinstance(value, bool):
-            msg = f"{option} must be True or False; got {value!r}"
-            raise TypeError(msg)
-        return value
-
-    return check
-
-
-def _name(value: Any) -> str | None:
+def _name(name: str, value: Any) -> str | None:
     if value is not None and (not isinstance(value, str) or not value):
-        msg = f"name must be a non-empty string or None; got {value!r}"
+        msg = f"{name} must be a non-empty string or None; got {value!r}"
         raise TypeError(msg)
     return value
 
 
-def _modules(value: Any) -> Literal["auto"] | tuple[ModuleSpec, ...]:
+def _modules(name: str, value: Any) -> Literal["auto"] | tuple[ModuleSpec, ...]:
     if value == "auto":
         return "auto"
     items = (value,) if isinstance(value, (nn.Module, str)) else value
@@ -136,52 +115,49 @@ def _modules(value: Any) -> Literal["auto"] | tuple[ModuleSpec, ...]:
     if items is None or bad:
         shown = bad[0] if bad else value
         msg = (
-            "modules must be 'auto', an nn.Module, an argument or attribute name, or a list "
+            f"{name} must be 'auto', an nn.Module, an argument or attribute name, or a list "
             f"of those; got {shown!r} ({type(shown).__name__})"
         )
         raise TypeError(msg)
     return specs
 
 
-def _optional_flag(value: Any) -> bool | None:
-    return None if value is None else _flag("log")(value)
+def _trace(name: str, value: Any) -> bool:
+    # A strict flag, like every option; then, like the ``trace`` setting, it needs OpenTelemetry.
+    return needs_otel(name, strict_flag(name, value))
 
 
-def _trace(value: Any) -> bool | None:
-    if value is None:
-        return None
-    from ._config import _otel_flag
-
-    return _otel_flag("trace", _flag("trace")(value))
-
-
-def _sample(value: Any) -> float | None:
-    return None if value is None else check_sample("sample", value)
-
-
-def _memory(value: Any) -> Memory:
+def _memory(name: str, value: Any) -> Memory:
     if value is False:
         return "off"
     if value is True:
         return "auto"
-    return _choice("memory", MEMORY)(value)  # type: ignore[no-any-return]
+    return choice(name, value, MEMORY)
 
 
-_CHECKS: dict[str, Callable[[Any], Any]] = {
-    "mode": _choice("mode", MODES),
-    "eval": _flag("eval"),
+def _among(valid: tuple[str, ...]) -> Check:
+    def check_choice(name: str, value: Any) -> Any:
+        return choice(name, value, valid)
+
+    return check_choice
+
+
+# What each option accepts; a check is given the option's name for its message.
+OPTION_CHECKS: dict[str, Check] = {
+    "mode": _among(MODES),
+    "eval": strict_flag,
     "modules": _modules,
     "name": _name,
-    "outputs": _choice("outputs", OUTPUTS),
-    "retry": _flag("retry"),
-    "log": _optional_flag,
-    "sample": _sample,
+    "outputs": _among(OUTPUTS),
+    "retry": strict_flag,
+    "log": optional(strict_flag),
+    "sample": optional(fraction),
     "memory": _memory,
-    "sync": _flag("sync"),
-    "trace": _trace,
-    "net": _choice("net", NETS),
+    "sync": strict_flag,
+    "trace": optional(_trace),
+    "net": _among(NETS),
 }
-assert set(_CHECKS) == {f.name for f in fields(Policy)}
+assert set(OPTION_CHECKS) == {f.name for f in fields(Policy)}
 
 
 def check_options(options: Mapping[str, Any], *, caller: str) -> dict[str, Any]:
@@ -192,14 +168,14 @@ def check_options(options: Mapping[str, Any], *, caller: str) -> dict[str, Any]:
     """
     checked = {}
     for key, value in options.items():
-        check = _CHECKS.get(key)
+        check = OPTION_CHECKS.get(key)
         if check is None:
-            close = difflib.get_close_matches(key, _CHECKS, n=1)
+            close = difflib.get_close_matches(key, OPTION_CHECKS, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else "."
-            valid = ", ".join(sorted(_CHECKS))
+            valid = ", ".join(sorted(OPTION_CHECKS))
             msg = f"{caller}() got an unknown option {key!r}{hint} Valid options: {valid}."
             raise TypeError(msg)
-        checked[key] = check(value)
+        checked[key] = check(key, value)
     return checked
 
 

@@ -379,7 +379,7 @@ class Target:
             # ``deliver``
             if self.clone:
                 result = clone_inference_tensors(result)
-            elif result is not None and _leaks.watching():
+            elif result is not None and _leaks.remembering():
                 _leaks.remember(result, self.name, call)
         except BaseException as error:
             if measure is not None:
@@ -421,7 +421,7 @@ class Target:
         result itself, its inference tensors remembered for the leak sentinel."""
         if self.clone:
             return clone_inference_tensors(result)
-        if result is not None and _leaks.watching():
+        if result is not None and _leaks.remembering():
             _leaks.remember(result, self.name, call)
         return result
 

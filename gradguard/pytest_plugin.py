@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-_LEVELS = ("off", "boundary", "strict")
+_LEAK_LEVELS = ("off", "boundary", "strict")
 _SCAN = ("off", "report", "fail")
 _SESSION = pytest.StashKey[Any]()
 _FAILED = pytest.StashKey[int]()  # findings already failed at a test's teardown
@@ -30,7 +30,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("gradguard")
     group.addoption(
         "--gradguard-leaks",
-        choices=_LEVELS,
+        choices=_LEAK_LEVELS,
         default="off",
         help="fail tests that let inference tensors made by gradguard meet autograd: "
         "'boundary' (module calls) or 'strict' (every torch operation); default off",

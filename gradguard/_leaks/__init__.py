@@ -28,7 +28,7 @@ from __future__ import annotations
 from . import _boundary as _boundary  # binds the hooks to the sentinel
 from ._blocks import watch_leaks
 from ._check import Finding, Findings, check_module
-from ._levels import level, watching
+from ._levels import level, remembering
 from ._looks import look_after, look_before, looks
 from ._registrations import landed, watch_registrations
 from ._registry import Origin, origin_of, remember, sentinel
@@ -49,12 +49,12 @@ __all__ = [
     "origin_of",
     "remember",
     "remember_locals",
+    "remembering",
     "reset",
     "sentinel",
     "unhook_idle",
     "watch_leaks",
     "watch_registrations",
-    "watching",
 ]
 
 unhook_idle = sentinel.unhook_idle

@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from .._config import check_leak_level
-from ._levels import ACTIONS, Action, Level, _Blocks, blocks
+from .._config import LeakLevel, check_leak_level
+from ._levels import ACTIONS, Action, _Blocks, blocks
 from ._reports import name_block_failure
 from ._strict import Strict
 
@@ -15,7 +15,7 @@ __all__ = ["watch_leaks"]
 
 
 @contextmanager
-def watch_leaks(level: Level = "boundary", action: Action = "warn") -> Iterator[None]:
+def watch_leaks(level: LeakLevel = "boundary", action: Action = "warn") -> Iterator[None]:
     """Watch for leaks at ``level`` in this block, and warn or raise (``action``).
 
     With ``action="raise"``, torch's own error about an inference tensor that a guarded

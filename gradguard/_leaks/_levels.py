@@ -9,9 +9,8 @@ from typing import Literal
 
 from .._config import LeakLevel, current
 
-__all__ = ["ACTIONS", "Action", "Level", "blocks", "level", "watching"]
+__all__ = ["ACTIONS", "Action", "blocks", "level", "remembering"]
 
-Level = LeakLevel
 Action = Literal["warn", "raise"]
 ACTIONS: tuple[Action, ...] = ("warn", "raise")
 
@@ -24,21 +23,22 @@ class _Blocks(threading.local):
     lock = threading.Lock()
 
     def __init__(self) -> None:
-        self.stack: list[tuple[Level, Action]] = []
+        self.stack: list[tuple[LeakLevel, Action]] = []
 
 
 blocks = _Blocks()
 
 
-def level() -> tuple[Level, Action]:
+def level() -> tuple[LeakLevel, Action]:
     """The leak level and action in force in this thread."""
     if _Blocks.open_anywhere and blocks.stack:
         return blocks.stack[-1]
     return current().leaks, "warn"
 
 
-def watching() -> bool:
-    """Whether leaks are watched in this thread (``level()`` without building a tuple)."""
+def remembering() -> bool:
+    """Whether the sentinel is on in this thread: the leak level is not ``"off"``, so
+    guarded calls remember what they make (``level()`` without building a tuple)."""
     if _Blocks.open_anywhere:
         stack = blocks.stack
         if stack:

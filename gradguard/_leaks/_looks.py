@@ -22,7 +22,7 @@ import wrapt
 from torch import nn
 
 from .._errors import LeakError
-from ._levels import level, watching
+from ._levels import level, remembering
 from ._registrations import FoundById, claim, inference_tensors, landed, prefix
 from ._registry import Origin, sentinel
 from ._reports import internal_error, report_resident
@@ -87,7 +87,7 @@ def look_before(roots: list[nn.Module]) -> dict[int, set[int]] | None:
     ``None`` when leaks are not watched (or the look failed).
     """
     try:
-        if not watching():
+        if not remembering():
             return None
         return {id(root): set(inference_tensors(root, attributes=True)) for root in roots}
     except Exception as error:

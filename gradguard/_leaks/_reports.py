@@ -20,10 +20,11 @@ from typing import Any, NamedTuple
 
 import torch
 
+from .._config import LeakLevel
 from .._errors import GradguardWarning, LeakError, LeakWarning
 from .._outputs import shallow_tensors
 from .._stack import user_stacklevel
-from ._levels import Action, Level, level
+from ._levels import Action, level
 from ._registry import Origin, origin_of
 
 __all__ = [
@@ -247,7 +248,7 @@ def name_module_failure(error: BaseException, module: torch.nn.Module, args: Any
         _name_failure(error, origin, f"the {type(module).__name__} module", what, action)
 
 
-def name_block_failure(error: RuntimeError, current: Level, action: Action) -> None:
+def name_block_failure(error: RuntimeError, current: LeakLevel, action: Action) -> None:
     """torch's error leaves a ``watch_leaks`` block: name the call (if no module call did),
     and under ``action="raise"`` raise it as a ``LeakError``."""
     if current == "off":

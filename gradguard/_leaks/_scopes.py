@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from ._levels import watching
+from ._levels import remembering
 from ._registry import Origin, origin_of, sentinel
 from ._reports import internal_error
 
@@ -39,8 +39,8 @@ class LocalsBefore(NamedTuple):
 
 
 def locals_before(frame: FrameType) -> LocalsBefore | None:
-    """At a block's entry: what the locals of ``frame`` hold (``None`` when not watching)."""
-    if not watching():
+    """At a block's entry: what the locals of ``frame`` hold (``None`` when not remembering)."""
+    if not remembering():
         return None
     ids: dict[str, int] = {}
     lengths: dict[str, int] = {}

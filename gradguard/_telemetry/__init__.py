@@ -64,7 +64,7 @@ def emit_leak(target: str, call: int, receiver: str, message: str) -> None:
         if not settings.enabled:
             return
         AGGREGATES.target(target).leak()
-        if _config.LEVELS["warning"] < _config.LEVELS[settings.level]:
+        if _config.LOG_LEVELS["warning"] < _config.LOG_LEVELS[settings.level]:
             return
         batched = PIPELINE.batched(settings)
         if not PIPELINE.wants_events(batched):

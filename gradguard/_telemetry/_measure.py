@@ -276,7 +276,7 @@ class Recorder:
         self._active = settings.enabled if policy.log is None else policy.log
         self._events = self._active
         self._batched = PIPELINE.batched(settings)
-        self._errors_only = _config.LEVELS[settings.level] > _config.LEVELS["info"]
+        self._errors_only = _config.LOG_LEVELS[settings.level] > _config.LOG_LEVELS["info"]
         self._otel = settings.otel
         self._trace = settings.trace if policy.trace is None else policy.trace
         self._sample = settings.sample if policy.sample is None else policy.sample
