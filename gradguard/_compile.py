@@ -41,8 +41,10 @@ from . import _hooks
 __all__ = [
     "FULLGRAPH_MESSAGE",
     "is_compiled",
+    "on_compile",
     "own_functions",
     "prepare",
+    "prepare_code",
     "prepare_now",
     "quiet_call",
     "register",
@@ -69,6 +71,7 @@ class _Registry:
     def __init__(self) -> None:
         self.entries: list[Any] = []
         self.on_prepared: list[Callable[[], None]] = []
+        self.on_compile: list[Callable[[], None]] = []
         self.proxy_classes: tuple[type, ...] = ()
 
 
@@ -94,7 +97,7 @@ def register(
         _registry.proxy_classes += (proxy_class,)
     _registry.on_prepared.append(on_prepared)
     if _prepared:
-        prepare()  # the new module's code too
+        prepare_code()  # the new module's code too
         on_prepared()
 
 
@@ -122,6 +125,20 @@ def _codes(code: types.CodeType) -> Iterator[types.CodeType]:
 
 
 def prepare() -> None:
+    """``torch.compile`` is given a gradguard object, or a compiled module is guarded:
+    tell dynamo how to run gradguard's functions (``prepare_code``), and the modules that
+    asked (``on_compile``) that torch.compile is in use with gradguard."""
+    prepare_code()
+    for callback in _registry.on_compile:
+        callback()
+
+
+def on_compile(callback: Callable[[], None]) -> None:
+    """Call ``callback`` each time ``prepare`` runs (the run-time net turns off then)."""
+    _registry.on_compile.append(callback)
+
+
+def prepare_code() -> None:
     """Tell dynamo how to run gradguard's functions (see the module docstring).
 
     Idempotent and cheap once done; run again, it covers gradguard modules imported since.
@@ -169,13 +186,14 @@ def _done() -> None:
 
 
 def prepare_now() -> None:
-    """``prepare`` from a guarded call that finds dynamo loaded and gradguard not prepared.
+    """``prepare_code`` from a guarded call that finds dynamo loaded and gradguard not
+    prepared (dynamo imported is not torch.compile in use: transformers imports it).
 
     Marked as ``torch.compiler.disable``d: when dynamo traces the call (a guard called
     inside compiled code), it breaks the graph here and runs this eagerly, before it
     reaches anything else of gradguard.
     """
-    prepare()
+    prepare_code()
 
 
 prepare_now._torchdynamo_disable = True  # type: ignore[attr-defined]

@@ -27,8 +27,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from . import _eval
-from ._compile import register as _register_with_compile
+from . import _compile, _eval
 from ._errors import EvalWarning
 from ._hooks import forward_pre_hooks
 from ._stack import user_stacklevel
@@ -47,22 +46,60 @@ _calls: dict[int, list[NetCall]] = {}
 
 
 class _Compiled:
-    """Whether ``torch.compile`` is in use with gradguard: the net then watches no call.
+    """Whether ``torch.compile`` has compiled anything in this process: the net then
+    watches no call.
 
     dynamo guards a compiled graph on torch's global module hooks; a hook put in for the
     calls the net watches (1, 2, 4, 8…) and taken out for the others would make it
-    recompile the model again and again. Models no look at the code finds are then not
-    switched: name them with ``modules=[...]`` (docs/guarding.md says so).
+    recompile the model again and again, and a hook in while it traces would break its
+    graph at every module. Models no look at the code finds are then not switched: name
+    them with ``modules=[...]`` (docs/guarding.md says so; ``describe()`` shows it).
+
+    dynamo being imported is not enough (transformers imports it, for one): the net goes
+    off when torch.compile is given a gradguard object or a compiled module is guarded
+    (``_compile.prepare``), when dynamo starts any compile (its start callback, from the
+    moment gradguard is prepared for dynamo), or at once if it had compiled something
+    before that.
     """
 
     in_use = False
 
-    def on_prepared(self) -> None:
+    def on_compile(self) -> None:
+        """torch.compile is given a gradguard object, or a compiled module is guarded."""
         _Compiled.in_use = True
 
+    def on_prepared(self) -> None:
+        """gradguard is prepared for dynamo (``_compile``): dynamo is loaded."""
+        if _Compiled.in_use:
+            return
+        try:
+            from torch._dynamo.callback import callback_handler
+            from torch._dynamo.utils import counters
+        except ImportError:  # a torch without them: any use of dynamo counts
+            _Compiled.in_use = True
+            return
+        if counters["frames"]["total"]:  # something was compiled already
+            _Compiled.in_use = True
+            return
+        if self._started not in callback_handler.start_callbacks:
+            callback_handler.register_start_callback(self._started)
+
+    def _started(self, args: Any) -> None:
+        _Compiled.in_use = True
+        from torch._dynamo.callback import callback_handler
+
+        if self._started in callback_handler.start_callbacks:
+            callback_handler.remove_start_callback(self._started)  # needed once only
+
     def reset(self) -> None:
-        """Forget that torch.compile was in use (for tests; the next compile says so again)."""
+        """As if nothing had been compiled (for tests): the net is on until dynamo next
+        starts a compile."""
         _Compiled.in_use = False
+        if "torch._dynamo.callback" in sys.modules:
+            from torch._dynamo.callback import callback_handler
+
+            if self._started not in callback_handler.start_callbacks:
+                callback_handler.register_start_callback(self._started)
 
 
 compiled = _Compiled()
@@ -72,7 +109,18 @@ _lock = threading.RLock()  # reentrant: an interrupted step must never wait on i
 class NetCall:
     """One watched call (or step): what the net found running in it and what it switched."""
 
-    __slots__ = ("covered", "held", "roots", "stopped", "switch", "target", "thread", "training")
+    __slots__ = (
+        "covered",
+        "held",
+        "roots",
+        "step_switched",
+        "stopped",
+        "switch",
+        "switched",
+        "target",
+        "thread",
+        "training",
+    )
 
     def __init__(self, target: Target, roots: list[nn.Module], *, switch: bool) -> None:
         self.target = target
@@ -86,6 +134,10 @@ class NetCall:
         self.covered: set[int] | None = None
         self.held: list[_eval.Hold] = []
         self.training = 0  # modules seen starting their forward in training mode
+        # Modules it switched to eval: in this step, and the most in any step of the call
+        # (a call made of steps finds, and switches, the same model at each step).
+        self.step_switched = 0
+        self.switched = 0
         self.stopped = False  # set once stop() has finished
 
     def saw(self, module: nn.Module) -> None:
@@ -102,6 +154,8 @@ class NetCall:
             held = _eval.Hold([module])
             self.held.append(held)  # in hand before anything changes
             _eval.take(held)
+            self.step_switched += held.switched
+            self.switched = max(self.switched, self.step_switched)
         else:
             self.training += 1
         self.target.net_found(module, where, switched=self.switch)
@@ -130,6 +184,7 @@ def _watcher(module: nn.Module, args: Any) -> None:
 def start(net: NetCall) -> None:
     """Watch module calls in this thread for ``net`` until ``stop(net)``."""
     net.stopped = False  # again, for the next step of a call made of steps
+    net.step_switched = 0
     with _lock:
         calls = _calls.get(net.thread)
         if calls is None:
@@ -200,4 +255,5 @@ def _after_fork_in_child() -> None:
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
-_register_with_compile((), compiled.on_prepared)
+_compile.register((), compiled.on_prepared)
+_compile.on_compile(compiled.on_compile)

@@ -117,6 +117,9 @@ class TargetInfo:
         modules: the modules its calls found (on the calls the run-time net watches:
             the first, then calls 2, 4, 8…), each with how it was found, the run-time
             net's finds included. Only modules still alive are listed.
+        net: what the run-time net does for it now: ``"watches calls 1, 2, 4, 8…"``,
+            ``"watches every call"``, ``"off (net='off')"``, or ``"off: torch.compile is
+            in use in this process"`` (see docs/guarding.md).
     """
 
     name: str
@@ -126,6 +129,7 @@ class TargetInfo:
     calls: int
     policy: Policy
     modules: tuple[FoundModule, ...] = ()
+    net: str = ""
 
 
 class Target:
@@ -206,19 +210,17 @@ class Target:
             module = ref()
             if module is not None:
                 found.append(FoundModule(module, how))
+        if self.net_off:
+            net = "off (net='off')"
+        elif _net.compiled.in_use:
+            net = "off: torch.compile is in use in this process"
+        else:
+            net = "watches every call" if self.net_every else "watches calls 1, 2, 4, 8…"
         return TargetInfo(
-            self.name, self.kind, mode, self.reason, self.calls, self.policy, tuple(found)
+            self.name, self.kind, mode, self.reason, self.calls, self.policy, tuple(found), net
         )
 
     # -- the run-time net ----------------------------------------------------------------
-
-    def net_watches(self, call: int) -> bool:
-        """Whether the run-time net watches this call: the first, 2, 4, 8…, or every one."""
-        return (
-            not self.net_off
-            and (self.net_every or not call & (call - 1))
-            and not _net.compiled.in_use
-        )
 
     def net_call(
         self,
@@ -226,9 +228,12 @@ class Target:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         modules: list[nn.Module] | None,
-    ) -> _net.NetCall:
-        """The net's record of a watched call; also notes, for ``describe``, what the
-        call's own look found and how."""
+    ) -> _net.NetCall | None:
+        """The net's record of a call it watches (the first, 2, 4, 8…, or every one: the
+        caller decides), or ``None`` once ``torch.compile`` is in use; also notes, for
+        ``describe``, what the call's own look found and how."""
+        if _net.compiled.in_use:
+            return None
         finder = getattr(self.find_modules, "__self__", None)
         labelled = getattr(finder, "labelled", None)
         if labelled is not None:
@@ -298,9 +303,7 @@ class Target:
             modules = self.with_remembered(modules)
         net = (
             self.net_call(instance, args, kwargs, modules)
-            if not self.net_off  # net_watches(call), without its frame
-            and (self.net_every or not call & (call - 1))
-            and not _net.compiled.in_use
+            if not self.net_off and (self.net_every or not call & (call - 1))
             else None
         )
         recorder = self.recorder
@@ -362,7 +365,7 @@ class Target:
                     if net is not None:
                         _net.stop(net)
                         if measure is not None:
-                            measure.saw_training(net.training)
+                            measure.saw_net(net.training, net.switched)
                     if held is not None:
                         _eval.release(held)
                     undone = True
@@ -446,7 +449,11 @@ class Target:
             modules = find(instance, args, kwargs) if find is not None else []
         if self.remembered:
             modules = self.with_remembered(modules)
-        net = self.net_call(instance, args, kwargs, modules) if self.net_watches(call) else None
+        net = (
+            self.net_call(instance, args, kwargs, modules)
+            if not self.net_off and (self.net_every or not call & (call - 1))
+            else None
+        )
         look = self.look_start(call, modules)
         recorder = self.recorder
         measure = (
@@ -479,7 +486,7 @@ class Target:
         finally:
             if measure is not None:
                 if net is not None:
-                    measure.saw_training(net.training)
+                    measure.saw_net(net.training, net.switched)
                 self.recorder.end(measure, error, result)
 
     def enter(

@@ -264,3 +264,71 @@ def test_audit_fail_on_grad_fails_on_a_call_that_ran_a_model_in_training_mode(
     gradguard.configure(log_file=None)
     assert cli_main(["audit", str(log), "--fail-on", "grad"]) == 1
     assert "grad" in capsys.readouterr().err
+
+
+def test_eval_switched_counts_what_the_net_switched(helper_model: nn.Module) -> None:
+    """A call on which the net switched a model reports it in ``eval_switched``."""
+
+    @gradguard.infer
+    def predict(x: torch.Tensor) -> torch.Tensor:
+        return run_helper(x)
+
+    with (
+        warnings.catch_warnings(),
+        capture_events() as events,
+    ):
+        warnings.simplefilter("ignore", gradguard.EvalWarning)
+        predict(X)  # found by the net
+        predict(X)  # switched up front: remembered
+    assert [e["eval_switched"] for e in events] == [3, 3]  # the Sequential and both children
+    assert [e["training_modules"] for e in events] == [0, 0]
+
+
+_DYNAMO_SCRIPT = """
+import sys, warnings
+import torch
+import torch._dynamo  # imported, as transformers does; nothing compiled yet
+from torch import nn
+import gradguard
+
+seen = []
+
+@gradguard.infer
+def predict(x):
+    model = nn.Sequential(nn.Linear(4, 4), nn.Dropout())  # built inside: only the net sees it
+    model[1].register_forward_pre_hook(lambda m, a: seen.append(m.training))
+    return model(x)
+
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    predict(torch.ones(2, 4))
+warned = [w.category.__name__ for w in caught]
+print("before compile:", gradguard.describe(predict).net, seen, warned)
+compiled = torch.compile(nn.Linear(4, 4), backend="eager")
+compiled(torch.ones(2, 4))
+print("after compile:", gradguard.describe(predict).net)
+"""
+
+
+def test_dynamo_imported_leaves_the_net_on_until_something_is_compiled(
+    tmp_path: Path,
+) -> None:
+    """transformers imports torch._dynamo; the net stays on until dynamo compiles, and
+    ``describe()`` then says it is off."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "dynamo_net.py"
+    script.write_text(_DYNAMO_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    result = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    # Dropout ran in eval, and the EvalWarning said why.
+    assert lines[0] == (
+        "before compile: watches calls 1, 2, 4, 8… [False] ['EvalWarning']"
+    ), result.stdout
+    assert lines[1] == "after compile: off: torch.compile is in use in this process"

@@ -126,11 +126,14 @@ class Measure:
         """Whether the call started in inference mode (a retried call did)."""
         return not self.flags & NO_GRAD or self.retried
 
-    def saw_training(self, count: int) -> None:
-        """The eval net saw ``count`` modules start their forward in training mode inside
-        the call: the call counts as one that ran modules in training mode."""
-        if count:
+    def saw_net(self, training: int, switched: int) -> None:
+        """What the run-time net saw in the call: ``training`` modules that started their
+        forward in training mode and stayed so (the call counts as one that ran modules
+        in training mode), and ``switched`` modules it switched to eval
+        (``eval_switched`` counts them with those switched up front)."""
+        if training:
             self.flags |= GRAD
+        self.switched += switched
 
 
 class FullMeasure(Measure):
@@ -155,9 +158,9 @@ class FullMeasure(Measure):
         self.span = None
         self.tracker = None
 
-    def saw_training(self, count: int) -> None:
-        Measure.saw_training(self, count)
-        self.training += count
+    def saw_net(self, training: int, switched: int) -> None:
+        Measure.saw_net(self, training, switched)
+        self.training += training
 
 
 _HOST_DEVICES = frozenset({"cpu", "meta"})
