@@ -6,7 +6,9 @@ has. Each call then reads those few names from the function's globals (a global 
 rebound after decoration), looks into the cells and defaults, and goes one level inside
 whatever is not a module itself: the attributes of a plain object (``pipe.model`` of a
 Hugging Face pipeline, ``predictor.model``), the values of a dict, the items of a list
-or tuple. The same one-level look applies to the call's arguments and to ``self``.
+or tuple. The same one-level look applies to the call's arguments; ``self``, the object
+that owns a predictor's state, is looked at one level further, into the dicts, lists and
+plain objects among its attributes (``self.models[lang]``, ``self.pipe.model``).
 
 The walk is bounded, and what cannot hold a module (strings, numbers, tensors, functions,
 classes, Python modules) is skipped on its type alone, remembered per type, so a call
@@ -129,11 +131,20 @@ def _add(found: list[nn.Module], value: Any, labels: Labels, where: str) -> None
         labels.append((module, where))
 
 
-def look(found: list[nn.Module], value: Any, labels: Labels = None, where: str = "") -> None:
+def look(
+    found: list[nn.Module],
+    value: Any,
+    labels: Labels = None,
+    where: str = "",
+    *,
+    deep: bool = False,
+) -> None:
     """Add the modules ``value`` is or holds one level down to ``found``.
 
     ``labels``, when given, also gets each module with where it was found (for
-    ``describe``); ``where`` names ``value``.
+    ``describe``); ``where`` names ``value``. ``deep`` (for ``self``) goes one level
+    further: into the dicts, lists and plain objects among its attributes
+    (``self.models[lang]``, ``self.pipe.model``), see ``_look_deeper``.
     """
     cls = type(value)
     kind = _kinds.get(cls)
@@ -171,6 +182,48 @@ def look(found: list[nn.Module], value: Any, labels: Labels = None, where: str =
                 found.append(_unwrap(item))
             else:
                 _add(found, item, labels, _inner(where, key, attribute=kind == _OBJECT))
+        elif deep and item_kind != _PROXY:
+            inner = _inner(where, key, attribute=kind == _OBJECT) if labels is not None else ""
+            _look_deeper(found, item, item_kind, labels, inner)
+
+
+# Classes of plain objects found below ``self`` and looked into without finding a module,
+# with how many times: past BARREN looks, an object of that class (a tokenizer, a config)
+# is skipped on its type, so a predictor holding one pays for it a few times, not per call.
+BARREN = 16
+_barren: dict[type, int] = {}
+
+
+def _look_deeper(
+    found: list[nn.Module], value: Any, kind: int, labels: Labels, where: str
+) -> None:
+    """One level inside an attribute of ``self`` that is a dict, list or plain object.
+
+    A dict or list whose first item cannot hold a module (a vocabulary, a list of labels)
+    is skipped on that item; a plain object's class, once barren (``BARREN``), on its type.
+    """
+    if kind == _OBJECT:
+        cls = type(value)
+        if _barren.get(cls, 0) >= BARREN:
+            return
+        before = len(found)
+        look(found, value, labels, _nested(where))
+        if len(found) == before:
+            if len(_barren) > 4096:  # classes made at run time: keep the memo bounded
+                _barren.clear()
+            _barren[cls] = _barren.get(cls, 0) + 1
+        return
+    first = next(iter(value.values() if kind == _DICT else value), None)
+    if first is None or _kinds.get(type(first)) == _SKIP:
+        return
+    look(found, value, labels, _nested(where))
+
+
+def _nested(where: str) -> str:
+    # "attribute 'self.models'" becomes "self 'self.models'": its items are then labelled
+    # "item 'self.models['en']'", as items of self's own attributes are.
+    _, _, name = where.partition(" ")
+    return f"self {name}" if name else "self"
 
 
 def _inner(where: str, key: Any, *, attribute: bool) -> str:

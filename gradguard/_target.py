@@ -632,7 +632,7 @@ class _AutoFinder:
         found: list[nn.Module] = []
         owner = instance if instance is not None else self.self_obj
         if owner is not None and not isinstance(owner, type):
-            _reach.look(found, owner)
+            _reach.look(found, owner, deep=True)
         if self.bound:
             found.extend(self.bound)
         for arg in args:
@@ -656,7 +656,7 @@ class _AutoFinder:
         labels: list[tuple[nn.Module, str]] = []
         owner = instance if instance is not None else self.self_obj
         if owner is not None and not isinstance(owner, type):
-            _reach.look(found, owner, labels, "self")
+            _reach.look(found, owner, labels, "self", deep=True)
         labels.extend((m, "partial argument") for m in self.bound)
         offset = 1 if owner is not None and self.names[:1] in (("self",), ("cls",)) else 0
         for index, arg in enumerate(args):

@@ -397,3 +397,81 @@ def test_hugging_face_pipeline_in_a_global_object(tiny_pipeline: Any) -> None:
     assert {how for m, how in gradguard.describe(classify).modules if m is model} == {
         "attribute 'pipe.model' (closure)"
     }
+
+
+class Translator:
+    """A predictor holding a dict of models, a vocabulary and a tokenizer-like object."""
+
+    def __init__(self, models: dict[str, nn.Module]) -> None:
+        self.models = models
+        self.vocab = {f"word{i}": i for i in range(30_000)}
+        self.labels = ["negative", "positive"]
+        self.tokenizer = Tokenizer()
+
+    @gradguard.infer
+    def predict(self, lang: str, x: torch.Tensor) -> torch.Tensor:
+        return self.models[lang](x)
+
+
+class Tokenizer:
+    def __init__(self) -> None:
+        self.lowercase = True
+        self.special = {"[CLS]": 0}
+
+
+class Service:
+    """A service holding a pipeline-like object that holds the model: ``self.pipe.model``."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.pipe = Predictor(model)
+
+    @gradguard.infer
+    def run(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pipe.model(x)
+
+
+def test_models_two_levels_below_self_run_in_eval_from_the_first_call() -> None:
+    """``self.models[lang]`` and ``self.pipe.model``: each model is in eval whichever call
+    first runs it (the net watches only calls 1, 2, 4, 8…; this is the static look)."""
+    models = {lang: spy(make_model(20 + i)) for i, lang in enumerate(("en", "de", "fr"))}
+    translator = Translator(models)
+    befores = {lang: flags(m) for lang, m in models.items()}
+    for lang in ("en", "en", "de", "en", "fr", "de", "fr"):  # de first on call 3, fr on 5
+        SEEN.clear()
+        out = translator.predict(lang, X)
+        assert SEEN and not any(any(seen) for seen in SEEN), (lang, SEEN)
+        assert torch.equal(out, reference(models[lang], X))
+    assert {lang: flags(m) for lang, m in models.items()} == befores
+    how = {h for _, h in gradguard.describe(Translator.predict).modules}
+    assert how == {f"item \"self.models['{lang}']\"" for lang in ("en", "de", "fr")}
+
+    model = spy(make_model(30))
+    service = Service(model)
+    check(lambda: service.run(X), model)
+    assert [h for _, h in gradguard.describe(Service.run).modules] == [
+        "attribute 'self.pipe.model'"
+    ]
+
+
+def test_below_self_a_vocabulary_costs_one_look_and_a_barren_class_stops_being_looked_at(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_reach, "_barren", {})
+    translator = Translator({"en": make_model(40)})
+    looked: list[Any] = []
+    real = _reach.look
+
+    def counting(found: list[nn.Module], value: Any, *args: Any, **kwargs: Any) -> None:
+        looked.append(value)
+        real(found, value, *args, **kwargs)
+
+    monkeypatch.setattr(_reach, "look", counting)
+    for _ in range(_reach.BARREN + 5):
+        found: list[nn.Module] = []
+        _reach.look(found, translator, deep=True)
+        assert found == [translator.models["en"]]
+    inside = [v for v in looked if v is not translator]
+    assert translator.vocab not in inside  # its first value is an int: skipped on it
+    assert translator.labels not in inside
+    assert sum(v is translator.tokenizer for v in inside) == _reach.BARREN
+    assert sum(v is translator.models for v in inside) == _reach.BARREN + 5
