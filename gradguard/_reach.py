@@ -41,6 +41,7 @@ _Proxy = wrapt.ObjectProxy
 
 # How a value is looked at, decided once per type.
 _SKIP, _MODULE, _PROXY, _DICT, _SEQUENCE, _OBJECT = range(6)
+_CONTAINERS = (_DICT, _SEQUENCE, _OBJECT)  # what the look below self goes into
 # Items or attributes looked at inside one container or object: enough for a dict of
 # models or a predictor's attributes, and a bound on what a huge container costs.
 ITEMS = 32
@@ -182,7 +183,7 @@ def look(
                 found.append(_unwrap(item))
             else:
                 _add(found, item, labels, _inner(where, key, attribute=kind == _OBJECT))
-        elif deep and item_kind != _PROXY:
+        elif deep and item_kind in _CONTAINERS:
             inner = _inner(where, key, attribute=kind == _OBJECT) if labels is not None else ""
             _look_deeper(found, item, item_kind, labels, inner)
 
