@@ -270,13 +270,17 @@ def _methods_hint(module: nn.Module, name: str) -> str:
     """What to write instead of ``name``: only methods ``module`` has, so that the
     suggestion never names one it lacks (``generate`` on a ``Linear``)."""
     cls = type(module)
-    public = [n for n in dir(cls) if not n.startswith("_") and callable(getattr(cls, n, None))]
-    close = difflib.get_close_matches(name, public, n=1)
+    # Its own methods, not nn.Module's (get_extra_state is no near miss for 'generate').
+    base = set(dir(nn.Module)) - {"forward"}
+    own = [
+        n
+        for n in dir(cls)
+        if not n.startswith("_") and n not in base and callable(getattr(cls, n, None))
+    ]
+    close = difflib.get_close_matches(name, own, n=1)
     if close:
         return f"did you mean {close[0]!r}?"
-    # Its own methods, not nn.Module's; forward is guarded already (calls go through it).
-    base = set(dir(nn.Module))
-    own = [n for n in public if n not in base and n != "forward"]
+    own = [n for n in own if n != "forward"]  # guarded already: calls go through it
     if not own:
         return f"{cls.__name__} has no method besides forward, which guard() guards already"
     own.sort(key=lambda n: (n != "generate", n))  # the usual one first, where there is one

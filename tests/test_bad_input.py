@@ -149,6 +149,9 @@ def test_guard_methods_suggests_only_methods_the_module_has() -> None:
         gradguard.guard(nn.Linear(2, 2), methods=("nope",))
     assert "generate" not in str(info.value)
     assert "'reset_parameters'" in str(info.value)
+    with pytest.raises(ValueError, match="Linear has no method 'generate'") as info:
+        gradguard.guard(nn.Linear(2, 2), methods=("generate",))
+    assert "did you mean" not in str(info.value)  # nn.Module's own methods are no near miss
 
     class Generator(nn.Module):
         def forward(self, x: Any) -> Any:
