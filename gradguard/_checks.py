@@ -8,7 +8,8 @@ A check takes the name to show in its message (an option, a ``configure()`` keyw
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import difflib
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "optional",
     "strict_flag",
     "text_flag",
+    "unknown_option",
 ]
 
 Check = Callable[[str, Any], Any]
@@ -88,3 +90,13 @@ def optional(check: Check) -> Check:
         return None if value is None else check(name, value)
 
     return check_optional
+
+
+def unknown_option(caller: str, key: str, valid: Iterable[str]) -> TypeError:
+    """The error for a keyword ``caller()`` does not take: the closest valid name, if one
+    is close, then every valid name."""
+    names = sorted(valid)
+    close = difflib.get_close_matches(key, names, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else "."
+    return TypeError(f"{caller}() got an unknown option {key!r}{hint} Valid options: "
+                     f"{', '.join(names)}.")  # fmt: skip

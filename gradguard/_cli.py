@@ -23,6 +23,7 @@ from gradguard._audit import (
     GROUP_KEYS,
     InputError,
     Progress,
+    Summary,
     check_fail_on,
     compare,
     expand_inputs,
@@ -30,7 +31,7 @@ from gradguard._audit import (
     summarize,
 )
 from gradguard._audit._reader import total_size
-from gradguard._audit._render import COLUMN_NAMES
+from gradguard._audit._render import COLUMN_NAMES, clean
 from gradguard._streams import deliver, say
 
 __all__ = ["main"]
@@ -53,6 +54,8 @@ fail-on conditions (comma-separated; exit 1 when any is found):
   waste       a gradguard.waste event was recorded (gradguard scan --log-file)
   regression  a group's wall p95 or peak memory max grew past --threshold
               (needs --compare)
+  empty       no gradguard event was read (a wrong path, or logging never
+              configured); a warning says so on stderr either way
 
 exit status: 0 ok, 1 a --fail-on condition was found, 2 usage or input error.
 """
@@ -266,6 +269,9 @@ def _run_audit(args: argparse.Namespace) -> int:
             summary = summarize(paths, args.by, progress(paths))
     except InputError as exc:
         return _error(str(exc))
+    _warn_if_empty(summary, paths)
+    if baseline is not None:
+        _warn_if_empty(baseline, baseline_paths, what="the baseline")
     comparison = compare(baseline, summary, args.threshold) if baseline is not None else None
     result = check_fail_on(conditions, summary, comparison) if conditions else None
     columns = list(COLUMN_NAMES) if args.wide else args.columns
@@ -283,6 +289,19 @@ def _run_audit(args: argparse.Namespace) -> int:
         say(f"{_PROG} audit: failing (--fail-on): {reasons}")
         return 1
     return 0
+
+
+def _warn_if_empty(summary: Summary, paths: Sequence[str], what: str = "") -> None:
+    """Say on stderr that ``paths`` held no gradguard event: the exit status alone would
+    let a wrong log path pass a CI gate (``--fail-on empty`` makes it fail)."""
+    why = summary.no_events()
+    if why is None:
+        return
+    names = ", ".join(paths[:3]) + (", ..." if len(paths) > 3 else "")
+    where = f"{what} ({names})" if what else names
+    say(f"{_PROG} audit: warning: no gradguard events in {clean(where)}: {why}; check the "
+        "path, and that logging was configured (gradguard.configure(log_file=...) or "
+        "GRADGUARD_LOG_FILE)")  # fmt: skip
 
 
 def _error(message: str) -> int:

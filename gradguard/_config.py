@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-from ._checks import Check, choice, fraction, needs_otel, text_flag
+from ._checks import Check, choice, fraction, needs_otel, text_flag, unknown_option
 from ._errors import TelemetryWarning
 from ._stack import user_stacklevel
 
@@ -203,9 +203,7 @@ def configure(**options: Any) -> Settings:
     for key, value in options.items():
         check = SETTING_CHECKS.get(key)
         if check is None:
-            valid = ", ".join(sorted(SETTING_CHECKS))
-            msg = f"configure() got an unknown option {key!r}. Valid options: {valid}."
-            raise TypeError(msg)
+            raise unknown_option("configure", key, SETTING_CHECKS)
         checked[key] = check(key, value)
     for callback in before_change:
         callback()

@@ -6,7 +6,7 @@ import functools
 import inspect
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, overload
 
 import wrapt
 
@@ -192,8 +192,44 @@ def infer(fn: Any = None, /, **options: Any) -> Any:
     """
     policy = make_policy(options, caller="infer")
     if fn is None:
-        return functools.partial(decorate, policy=policy)
+        return _Decorator(policy)
     return decorate(fn, policy)
+
+
+_NOT_A_BLOCK = (
+    "infer() decorates a function (@gradguard.infer or @gradguard.infer(...) above a def); "
+    "it is not a block for `with`. For a block use `with gradguard.scope(model):`, which "
+    "takes the same options"
+)
+
+
+class _Decorator:
+    """What ``infer(...)`` with options returns: it decorates a function under those
+    options. ``with gradguard.infer():``, written as for ``torch.no_grad()``, gets a
+    TypeError that says to use ``gradguard.scope`` instead of one about the protocol."""
+
+    __slots__ = ("_policy",)
+
+    def __init__(self, policy: Policy) -> None:
+        self._policy = policy
+
+    def __call__(self, fn: Any) -> Any:
+        return decorate(fn, self._policy)
+
+    def __enter__(self) -> NoReturn:
+        raise TypeError(_NOT_A_BLOCK)
+
+    def __exit__(self, *exc_info: object) -> None:  # never reached: __enter__ raises
+        return None
+
+    async def __aenter__(self) -> NoReturn:
+        raise TypeError(_NOT_A_BLOCK)
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        return None
+
+    def __repr__(self) -> str:
+        return f"<gradguard.infer decorator, {self._policy!r}>"
 
 
 def _prepared() -> None:

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable
 from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 from torch import nn
 
-from ._checks import Check, choice, fraction, needs_otel, optional, strict_flag
+from ._checks import (
+    Check,
+    choice,
+    fraction,
+    needs_otel,
+    optional,
+    strict_flag,
+    unknown_option,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -160,21 +167,20 @@ OPTION_CHECKS: dict[str, Check] = {
 assert set(OPTION_CHECKS) == {f.name for f in fields(Policy)}
 
 
-def check_options(options: Mapping[str, Any], *, caller: str) -> dict[str, Any]:
+def check_options(
+    options: Mapping[str, Any], *, caller: str, keywords: tuple[str, ...] = ()
+) -> dict[str, Any]:
     """Validate option names and values; return them normalised.
 
-    Raises ``TypeError`` for an unknown name (with the closest valid one) and
-    ``TypeError``/``ValueError`` for a bad value, naming the option and the value.
+    Raises ``TypeError`` for an unknown name (with the closest valid one, among the options
+    and the ``keywords`` the caller takes besides them) and ``TypeError``/``ValueError`` for
+    a bad value, naming the option and the value.
     """
     checked = {}
     for key, value in options.items():
         check = OPTION_CHECKS.get(key)
         if check is None:
-            close = difflib.get_close_matches(key, OPTION_CHECKS, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else "."
-            valid = ", ".join(sorted(OPTION_CHECKS))
-            msg = f"{caller}() got an unknown option {key!r}{hint} Valid options: {valid}."
-            raise TypeError(msg)
+            raise unknown_option(caller, key, (*OPTION_CHECKS, *keywords))
         checked[key] = check(key, value)
     return checked
 
@@ -182,6 +188,9 @@ def check_options(options: Mapping[str, Any], *, caller: str) -> dict[str, Any]:
 _DEFAULT = Policy()
 
 
-def make_policy(options: Mapping[str, Any], *, caller: str) -> Policy:
-    """Build a ``Policy`` from user keyword options, raising early on bad input."""
-    return _DEFAULT.merged(check_options(options, caller=caller))
+def make_policy(
+    options: Mapping[str, Any], *, caller: str, keywords: tuple[str, ...] = ()
+) -> Policy:
+    """Build a ``Policy`` from user keyword options, raising early on bad input
+    (``keywords``: the caller's other keywords, offered for a misspelt option)."""
+    return _DEFAULT.merged(check_options(options, caller=caller, keywords=keywords))

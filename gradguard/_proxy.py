@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import difflib
 import sys
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -51,6 +52,11 @@ _RETURNS_SELF = (
     "requires_grad_",
 )
 
+
+_NOT_A_BLOCK = (
+    "a guarded {} is not a context manager: guard() wraps a module so that each call to "
+    "it runs guarded; call it (model(x)), or for a block use `with gradguard.scope(model):`"
+)
 
 if TYPE_CHECKING:
     _ObjectProxy = wrapt.ObjectProxy[nn.Module]
@@ -126,6 +132,24 @@ class GuardedModule(_ObjectProxy):
         if name in _RETURNS_SELF:
             return _ReturnsProxy(self, attribute)
         return attribute
+
+    # wrapt hands ``with``/``async with`` to the module, whose nn.Module.__getattr__ then
+    # fails with an AttributeError on '__enter__'; someone used to ``with torch.no_grad():``
+    # gets a TypeError that says what to write instead. A module that is itself a context
+    # manager still is one behind the proxy.
+    def __enter__(self) -> Any:
+        module = self.__wrapped__
+        enter = getattr(type(module), "__enter__", None)  # looked up on the type, as `with`
+        if enter is None:
+            raise TypeError(_NOT_A_BLOCK.format(type(module).__name__))
+        return enter(module)
+
+    async def __aenter__(self) -> Any:
+        module = self.__wrapped__
+        enter = getattr(type(module), "__aenter__", None)
+        if enter is None:
+            raise TypeError(_NOT_A_BLOCK.format(type(module).__name__))
+        return await enter(module)
 
     def __repr__(self) -> str:
         options = _options_repr(self._self_policy, self._self_methods)
@@ -242,6 +266,27 @@ def _method_names(methods: Any) -> tuple[str, ...]:
     return names
 
 
+def _methods_hint(module: nn.Module, name: str) -> str:
+    """What to write instead of ``name``: only methods ``module`` has, so that the
+    suggestion never names one it lacks (``generate`` on a ``Linear``)."""
+    cls = type(module)
+    # Its own methods, not nn.Module's (get_extra_state is no near miss for 'generate').
+    base = set(dir(nn.Module)) - {"forward"}
+    own = [
+        n
+        for n in dir(cls)
+        if not n.startswith("_") and n not in base and callable(getattr(cls, n, None))
+    ]
+    close = difflib.get_close_matches(name, own, n=1)
+    if close:
+        return f"did you mean {close[0]!r}?"
+    own = [n for n in own if n != "forward"]  # guarded already: calls go through it
+    if not own:
+        return f"{cls.__name__} has no method besides forward, which guard() guards already"
+    own.sort(key=lambda n: (n != "generate", n))  # the usual one first, where there is one
+    return "name methods of the module, such as " + ", ".join(map(repr, own[:3]))
+
+
 def guard(module: M, /, *, methods: Iterable[str] = (), **options: Unpack[Options]) -> M:
     """Return ``module`` behind a transparent proxy whose calls are guarded.
 
@@ -275,10 +320,10 @@ def guard(module: M, /, *, methods: Iterable[str] = (), **options: Unpack[Option
         if not isinstance(name, str) or not callable(getattr(given, name, None)):
             msg = (
                 f"guard(methods=...): {type(given).__name__} has no method {name!r}; "
-                "name methods of the module, such as 'generate'"
+                f"{_methods_hint(given, name)}"
             )
             raise ValueError(msg)
-    policy = make_policy(options, caller="guard")
+    policy = make_policy(options, caller="guard", keywords=("methods",))
     return GuardedModule(given, policy, methods)  # type: ignore[return-value]
 
 

@@ -9,7 +9,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import replace
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from torch import nn
 
@@ -250,6 +250,16 @@ class scope:  # used like a function: `with gradguard.scope(model):`
 
     async def __aenter__(self) -> Self:
         return self.__enter__()
+
+    def __call__(self, fn: object) -> NoReturn:
+        # ``@torch.no_grad()`` decorates; ``@gradguard.scope(model)`` would otherwise fail
+        # with "'scope' object is not callable", which does not say what to write.
+        msg = (
+            "scope() is for a `with` block (with gradguard.scope(model): ...), not a "
+            f"decorator; got {fn!r}. To guard a function, decorate it with "
+            "@gradguard.infer (it takes the same options); for a module, gradguard.guard(model)"
+        )
+        raise TypeError(msg)
 
     async def __aexit__(
         self,

@@ -183,6 +183,47 @@ def test_fail_on_exits_1_only_when_the_condition_is_found(
     assert "FAILED" in out
 
 
+@pytest.mark.parametrize(
+    "lines",
+    [[], ["import torch", "print('not a log')"], [{"event": "request", "ms": 3}]],
+    ids=["empty", "a-script", "other-events"],
+)
+def test_a_log_without_gradguard_events_warns_and_fails_only_on_fail_on_empty(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], lines: list[Any]
+) -> None:
+    """A wrong log path must not turn a CI gate green unnoticed: exit codes stay as
+    documented, a warning says so, and ``--fail-on empty`` fails."""
+    wrong = write_log(tmp_path / "wrong.jsonl", lines)
+    code, out, err = run(["audit", str(wrong), "--fail-on", "errors"], capsys)
+    assert code == 0
+    assert f"gradguard audit: warning: no gradguard events in {wrong}: " in err
+    assert "check the path, and that logging was configured" in err
+    code, out, err = run(["audit", str(wrong), "--fail-on", "errors,empty"], capsys)
+    assert code == 1
+    assert "failing (--fail-on): empty: no gradguard events" in err
+    assert "FAILED" in out
+
+
+def test_fail_on_empty_passes_and_nothing_warns_when_events_were_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for events in ([call()], [leak()], [{**leak(), "event": "gradguard.waste"}]):
+        good = write_log(tmp_path / "good.jsonl", events)
+        code, out, err = run(["audit", str(good), "--fail-on", "empty"], capsys)
+        assert (code, err) == (0, ""), events
+        assert "passed" in out
+
+
+def test_an_empty_baseline_is_named_in_the_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    current = write_log(tmp_path / "now.jsonl", [call()])
+    base = write_log(tmp_path / "base.jsonl", [])
+    code, _, err = run(["audit", str(current), "--compare", str(base)], capsys)
+    assert code == 0
+    assert f"no gradguard events in the baseline ({base}): no line was read" in err
+
+
 def test_fail_on_regression_exits_1_on_a_slower_run(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

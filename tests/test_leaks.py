@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import sys
 import warnings
 import weakref
 from collections.abc import Callable, Iterator
@@ -47,6 +48,24 @@ def test_distillation_teacher_output_into_student_warns_at_the_users_line(
     assert record[0].filename == __file__
     assert "outputs='clone'" in str(record[0].message)
     assert "Linear module" in str(record[0].message)
+
+
+def test_a_failure_leaving_a_watch_leaks_block_warns_at_the_users_with_line(
+    teacher: nn.Module,
+) -> None:
+    """The warning is raised from contextlib's ``__exit__``: it must skip that frame too,
+    so filters by module and line match the user's code."""
+    student = nn.Linear(4, 4)
+    teacher_out = teacher(torch.randn(2, 4))
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        with_line = sys._getframe().f_lineno + 1
+        with contextlib.suppress(RuntimeError), gradguard.watch_leaks():
+            torch.nn.functional.mse_loss(student(torch.randn(2, 4)), teacher_out).backward()
+    leaks = [w for w in record if issubclass(w.category, gradguard.LeakWarning)]
+    assert len(leaks) == 1
+    assert "watch_leaks block" in str(leaks[0].message)
+    assert (leaks[0].filename, leaks[0].lineno) == (__file__, with_line)
 
 
 @pytest.mark.parametrize(

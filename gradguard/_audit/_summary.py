@@ -45,7 +45,7 @@ GroupBy = Literal["target", "rank", "host", "device"]
 GroupKey = str | int | None
 
 GROUP_KEYS: tuple[GroupBy, ...] = ("target", "rank", "host", "device")
-FAIL_ON_CONDITIONS = ("errors", "leaks", "fallbacks", "grad", "waste", "regression")
+FAIL_ON_CONDITIONS = ("errors", "leaks", "fallbacks", "grad", "waste", "regression", "empty")
 
 _NONE = type(None)
 # Types accepted for the grouping field of an event; target is mandatory.
@@ -198,6 +198,22 @@ class Summary:
     skipped_by_reason: dict[str, int]
     files: tuple[str, ...] = ()
     relative_accuracy: float = 0.01
+
+    @property
+    def events(self) -> int:
+        """The gradguard events counted: calls, leaks and waste findings (0: a wrong path,
+        or logging that was never configured)."""
+        t = self.totals
+        return t.calls + t.leaks + t.waste
+
+    def no_events(self) -> str | None:
+        """Why no gradguard event was counted, as a sentence; None when some were."""
+        if self.events:
+            return None
+        if not self.skipped:
+            return "no line was read"
+        reasons = ", ".join(f"{k} {v:,}" for k, v in self.skipped_by_reason.items() if v)
+        return f"{self.skipped:,} non-empty line(s), none a gradguard event ({reasons})"
 
     @property
     def span_seconds(self) -> float | None:
@@ -713,6 +729,9 @@ def check_fail_on(
         found["grad"] = (
             f"{t.grad_calls} call(s) recorded gradients or left modules in training mode"
         )
+    empty = summary.no_events()
+    if "empty" in conditions and empty is not None:
+        found["empty"] = f"no gradguard events: {empty}"
     if "regression" in conditions and comparison is not None:
         regressed = comparison.keys("regressed")
         if regressed:
