@@ -68,6 +68,8 @@ class GlobalHook:
         if name not in self._order:
             msg = f"unknown watcher {name!r}; known: {', '.join(self._order)}"
             raise ValueError(msg)
+        if self.watchers.get(name) is watcher:  # installed: decided without the lock
+            return
         with self._lock:
             if self.watchers.get(name) is watcher:
                 return
@@ -76,6 +78,8 @@ class GlobalHook:
 
     def discard(self, name: str) -> None:
         """Stop calling the watcher ``name``; take the hook out if no watcher is left."""
+        if name not in self.watchers:  # out already: decided without the lock
+            return
         with self._lock:
             if name not in self.watchers:
                 return
@@ -98,14 +102,12 @@ class GlobalHook:
             self._install()
 
     def _install(self) -> None:
-        ordered = [self.watchers[n] for n in self._order if n in self.watchers]
+        watchers = self.watchers
         hook: Watcher | None
-        if not ordered:
-            hook = None
-        elif len(ordered) == 1:
-            hook = ordered[0]
+        if len(watchers) <= 1:  # the common case: one watcher, or none
+            hook = next(iter(watchers.values()), None)
         else:
-            hook = _dispatch(tuple(ordered))
+            hook = _dispatch(tuple(watchers[n] for n in self._order if n in watchers))
         handle = self._handle
         hooks = handle.hooks_dict_ref() if handle is not None else None
         if hook is None:

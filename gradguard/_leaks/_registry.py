@@ -161,9 +161,9 @@ class Sentinel:
         if (not pre or self.resident) and (not always or self.origins):
             return  # the common cases decided without the lock: at every guarded call
         with self.lock:
-            if not self.resident:
+            if pre and not self.resident:
                 forward_pre_hooks.discard("leaks")
-            if not self.origins:
+            if always and not self.origins:
                 forward_hooks_always.discard("leaks")
 
     def hooked(self) -> bool:
