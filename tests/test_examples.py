@@ -37,6 +37,7 @@ def test_quickstart_example_runs() -> None:
     ("script", "expected"),
     [
         ("bench_core.py", ("model.eval(); model.train()", "@torch.inference_mode()")),
+        ("bench_common.py", ("3-module model in eval", "@torch.inference_mode() (")),
         ("bench_telemetry.py", ("full event to a file", "@torch.inference_mode()")),
         ("bench_leaks.py", ("a gradguard-made tensor alive", "a global hook doing nothing")),
         pytest.param(
