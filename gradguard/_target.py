@@ -415,8 +415,10 @@ class Target:
     def _look_after(
         self, modules: list[nn.Module] | None, call: int, mark: int, before: Any, result: Any
     ) -> None:
-        warn = not self.leak_warned
-        if _leaks.look_after(modules or [], self.name, call, mark, before, warn, result):
+        warned = _leaks.look_after(
+            modules or [], self.name, call, mark, before, warn=not self.leak_warned, result=result
+        )
+        if warned:
             self.leak_warned = True
 
     def deliver(self, result: Any, call: int) -> Any:

@@ -121,6 +121,7 @@ def look_after(
     call: int,
     mark: int,
     before: dict[int, set[int]] | None,
+    *,
     warn: bool,
     result: Any = None,
 ) -> bool:
