@@ -119,14 +119,13 @@ def _slots(cls: type) -> tuple[str, ...]:
     return names
 
 
-_unwrap = unproxied
 
 
 Labels = list[tuple[nn.Module, str]] | None
 
 
 def _add(found: list[nn.Module], value: Any, labels: Labels, where: str) -> None:
-    module = _unwrap(value)
+    module = unproxied(value)
     found.append(module)
     if labels is not None:
         labels.append((module, where))
@@ -180,7 +179,7 @@ def look(
             item_kind = _kind_of(type(item))
         if item_kind == _MODULE or (item_kind == _PROXY and isinstance(item, _Module)):
             if labels is None:
-                found.append(_unwrap(item))
+                found.append(unproxied(item))
             else:
                 _add(found, item, labels, _inner(where, key, attribute=kind == _OBJECT))
         elif deep and item_kind in _CONTAINERS:

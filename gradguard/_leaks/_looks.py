@@ -18,10 +18,10 @@ import threading
 import weakref
 from typing import Any
 
-import wrapt
 from torch import nn
 
 from .._errors import LeakError
+from .._eval import unproxied
 from ._levels import level, remembering
 from ._registrations import FoundById, claim, inference_tensors, landed, prefix
 from ._registry import Origin, sentinel
@@ -95,15 +95,9 @@ def look_before(roots: list[nn.Module]) -> dict[int, set[int]] | None:
         return None
 
 
-def _unwrap(value: Any) -> Any:
-    while isinstance(value, wrapt.ObjectProxy):  # a guarded module: the module itself
-        value = value.__wrapped__
-    return value
-
-
 def result_modules(result: Any) -> list[nn.Module]:
     """The modules a call returned: the result itself, or one level into its containers."""
-    result = _unwrap(result)
+    result = unproxied(result)
     if isinstance(result, _Module):
         return [result]
     if isinstance(result, dict):
@@ -112,7 +106,7 @@ def result_modules(result: Any) -> list[nn.Module]:
         values = result
     else:
         return []
-    return [m for m in map(_unwrap, values) if isinstance(m, _Module)]
+    return [m for m in map(unproxied, values) if isinstance(m, _Module)]
 
 
 def look_after(
