@@ -113,10 +113,22 @@ class GlobalHook:
         if hook is None:
             if hooks is not None:
                 hooks.pop(handle.id, None)
+                # An always-called hook is also listed in torch's second dict, which
+                # torch reads to decide whether any global hook is in (and then warns
+                # when a compiled module is called): out of both, back into both.
+                for extra in _extra_dicts(handle):
+                    extra.pop(handle.id, None)
         elif hooks is None:
             self._handle = self._register(hook)
         else:
             hooks[handle.id] = hook
+            for extra in _extra_dicts(handle):
+                extra[handle.id] = True
+
+
+def _extra_dicts(handle: Any) -> list[dict[int, Any]]:
+    """The extra dicts torch listed the hook in (``always_call``'s), still alive."""
+    return [d for d in (ref() for ref in getattr(handle, "extra_dict_ref", ())) if d is not None]
 
 
 def _dispatch(watchers: tuple[Watcher, ...]) -> Watcher:

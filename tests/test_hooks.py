@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from gradguard import _hooks
 from gradguard._hooks import GlobalHook
 
 
@@ -80,3 +81,26 @@ def test_added_again_after_removal_it_runs_again(owner: GlobalHook) -> None:
 def test_an_unknown_watcher_name_is_refused_with_the_known_ones(owner: GlobalHook) -> None:
     with pytest.raises(ValueError, match="unknown watcher 'lint'; known: eval, leaks, scan"):
         owner.add("lint", lambda module, args: None)
+
+
+def test_an_always_called_hook_leaves_no_entry_behind_in_torchs_second_dict() -> None:
+    """torch lists an ``always_call`` hook in a second dict, which it reads to decide
+    whether any global hook is in (and then warns when a compiled module is called)."""
+    from torch.nn.modules import module as torch_module
+
+    owner = _hooks.forward_hooks_always
+    before = dict(torch_module._global_forward_hooks_always_called)
+    owner.add("leaks", lambda *args: None)
+    try:
+        assert len(torch_module._global_forward_hooks_always_called) == len(before) + 1
+    finally:
+        owner.discard("leaks")
+    assert dict(torch_module._global_forward_hooks_always_called) == before
+    assert not torch_module._has_any_global_hook()
+    owner.add("leaks", lambda *args: None)  # back in: listed in both again
+    try:
+        assert len(torch_module._global_forward_hooks_always_called) == len(before) + 1
+        assert torch_module._has_any_global_hook()
+    finally:
+        owner.discard("leaks")
+    assert dict(torch_module._global_forward_hooks_always_called) == before
