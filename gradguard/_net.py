@@ -35,14 +35,10 @@ from ._stack import user_stacklevel
 if TYPE_CHECKING:
     from ._target import Target
 
-__all__ = ["NetCall", "start", "stop"]
+__all__ = ["Calls", "NetCall", "calls", "compiled", "start", "stop", "warn"]
 
 _TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
-
-# The watched calls running now, per thread, innermost last. The hook looks only at its
-# own thread's: a module in another thread is never touched.
-_calls: dict[int, list[NetCall]] = {}
 
 
 class _Compiled:
@@ -103,7 +99,6 @@ class _Compiled:
 
 
 compiled = _Compiled()
-_lock = threading.RLock()  # reentrant: an interrupted step must never wait on itself
 
 
 class NetCall:
@@ -176,50 +171,92 @@ def _where() -> str:
 def _watcher(module: nn.Module, args: Any) -> None:
     if not module.training:  # the common case, first: a module in eval is no news
         return
-    calls = _calls.get(get_ident())
-    if calls:
-        calls[-1].saw(module)
+    running = calls.by_thread.get(get_ident())
+    if running:
+        running[-1].saw(module)
 
 
-def start(net: NetCall) -> None:
-    """Watch module calls in this thread for ``net`` until ``stop(net)``."""
-    net.stopped = False  # again, for the next step of a call made of steps
-    net.step_switched = 0
-    with _lock:
-        calls = _calls.get(net.thread)
-        if calls is None:
-            calls = _calls[net.thread] = []
-        calls.append(net)
-        forward_pre_hooks.add("eval", _watcher)
+class Calls:
+    """The watched calls running now, per thread, under one lock; the ``"eval"`` watcher
+    is on torch's forward pre-hook while there is one.
 
+    One per process (``calls``); the module's ``start`` and ``stop`` are its methods.
+    """
 
-def stop(net: NetCall) -> None:
-    """Stop watching for ``net`` and give back what it switched. Idempotent."""
-    try:
-        _stop(net)
-    except BaseException:
-        _stop(net)  # interrupted part way: each step is idempotent, finish it
-        raise
+    __slots__ = ("by_thread", "lock")
 
+    def __init__(self) -> None:
+        # Innermost last. The hook looks only at its own thread's: a module in another
+        # thread is never touched.
+        self.by_thread: dict[int, list[NetCall]] = {}
+        # Reentrant: an interrupted step must never wait on itself. Replaced in a forked
+        # child (``after_fork_in_child``).
+        self.lock = threading.RLock()
 
-def _stop(net: NetCall) -> None:
-    with _lock:
-        calls = _calls.get(net.thread)
-        if calls is not None:
-            if net in calls:
-                calls.remove(net)
-            if not calls:
-                del _calls[net.thread]
-        if not _calls:
+    def idle(self) -> bool:
+        """Whether no watched call runs and the watcher is off torch's hook."""
+        return not self.by_thread and "eval" not in forward_pre_hooks.watchers
+
+    def start(self, net: NetCall) -> None:
+        """Watch module calls in this thread for ``net`` until ``stop(net)``."""
+        net.stopped = False  # again, for the next step of a call made of steps
+        net.step_switched = 0
+        with self.lock:
+            running = self.by_thread.get(net.thread)
+            if running is None:
+                running = self.by_thread[net.thread] = []
+            running.append(net)
+            forward_pre_hooks.add("eval", _watcher)
+
+    def stop(self, net: NetCall) -> None:
+        """Stop watching for ``net`` and give back what it switched. Idempotent."""
+        try:
+            self._stop(net)
+        except BaseException:
+            self._stop(net)  # interrupted part way: each step is idempotent, finish it
+            raise
+
+    def _stop(self, net: NetCall) -> None:
+        with self.lock:
+            by_thread = self.by_thread
+            running = by_thread.get(net.thread)
+            if running is not None:
+                if net in running:
+                    running.remove(net)
+                if not running:
+                    del by_thread[net.thread]
+            if not by_thread:
+                forward_pre_hooks.discard("eval")
+        for held in net.held[::-1]:
+            if not held.released:
+                _eval.release(held)
+        # A call made of steps starts again at its next step: what was found is released
+        # now, and found (and switched) again if it runs again.
+        net.held = []
+        net.covered = None
+        net.stopped = True
+
+    def reset(self) -> None:
+        """Forget every watched call and take the watcher off (for tests); what they
+        switched is the eval registry's to give back (``_eval.reset()``)."""
+        with self.lock:
+            self.by_thread.clear()
             forward_pre_hooks.discard("eval")
-    for held in net.held[::-1]:
-        if not held.released:
-            _eval.release(held)
-    # A call made of steps starts again at its next step: what was found is released
-    # now, and found (and switched) again if it runs again.
-    net.held = []
-    net.covered = None
-    net.stopped = True
+
+    def after_fork_in_child(self) -> None:
+        """In a forked child, forget the watched calls of the parent's other threads."""
+        self.lock = threading.RLock()
+        me = get_ident()
+        by_thread = self.by_thread
+        for thread in [t for t in by_thread if t != me]:
+            del by_thread[thread]  # their holds are ended by _eval's own at-fork handler
+        if not by_thread:
+            forward_pre_hooks.discard("eval")
+
+
+calls = Calls()
+start = calls.start
+stop = calls.stop
 
 
 def warn(target: Target, module: nn.Module, where: str, *, switched: bool) -> None:
@@ -242,18 +279,8 @@ def warn(target: Target, module: nn.Module, where: str, *, switched: bool) -> No
     warnings.warn(msg, EvalWarning, stacklevel=user_stacklevel((_TORCH_DIR,)))
 
 
-def _after_fork_in_child() -> None:
-    global _lock
-    _lock = threading.RLock()
-    me = get_ident()
-    for thread in [t for t in _calls if t != me]:
-        del _calls[thread]  # their holds are ended by _eval's own at-fork handler
-    if not _calls:
-        forward_pre_hooks.discard("eval")
-
-
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    os.register_at_fork(after_in_child=calls.after_fork_in_child)
 
 _compile.register((), compiled.on_prepared)
 _compile.on_compile(compiled.on_compile)

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
     from ._policy import Options
 
-__all__ = ["scope"]
+__all__ = ["open_blocks", "scope", "targets"]
 
 
 class _Targets:
@@ -62,13 +62,13 @@ class _Targets:
         self._lock = threading.Lock()
         self.targets.clear()
 
-    def _after_fork_in_child(self) -> None:
+    def after_fork_in_child(self) -> None:
         self._lock = threading.Lock()  # a thread of the parent may have held it
 
 
-_targets = _Targets()
+targets = _Targets()
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_targets._after_fork_in_child)
+    os.register_at_fork(after_in_child=targets.after_fork_in_child)
 
 
 class _Block:
@@ -98,7 +98,7 @@ class _Open(threading.local):
         self.blocks.clear()
 
 
-_open = _Open()
+open_blocks = _Open()
 
 
 def _leave_exited() -> None:
@@ -107,7 +107,7 @@ def _leave_exited() -> None:
     A block is taken off the list only once it has been left, so a leave an interrupt
     stopped is done again (``Target.leave`` is idempotent).
     """
-    blocks = _open.blocks
+    blocks = open_blocks.blocks
     while blocks and blocks[-1].exited:
         done = blocks[-1]
         done.target.leave(done.step)
@@ -151,7 +151,7 @@ class scope:  # used like a function: `with gradguard.scope(model):`
         name = policy.name or caller_name(1)
         key_policy = replace(policy, modules="auto", name=name)
         key = (name, key_policy)
-        self._target = target = _targets.get(
+        self._target = target = targets.get(
             key, lambda: Target(name, "scope", key_policy, (), None)
         )
         self._modules = [_eval.unproxied(m) for m in (*models, *extra)]
@@ -188,7 +188,7 @@ class scope:  # used like a function: `with gradguard.scope(model):`
             try:
                 self._step = target.enter(modules, self._measure, self._net)
                 self._block = block = _Block(target, self._step)
-                _open.blocks.append(block)
+                open_blocks.blocks.append(block)
                 return self
             except BaseException as error:
                 self._close(error)
@@ -235,7 +235,7 @@ class scope:  # used like a function: `with gradguard.scope(model):`
         if step is None:
             return
         block = self._block
-        if block is not None and any(b is block for b in _open.blocks):
+        if block is not None and any(b is block for b in open_blocks.blocks):
             block.exited = True
             _leave_exited()
         else:  # entered only part way: never listed in the open blocks

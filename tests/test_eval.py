@@ -85,9 +85,9 @@ def test_fast_path_does_not_call_train_on_plain_modules() -> None:
 def test_module_already_in_eval_is_not_held() -> None:
     model = nn.Sequential(nn.Linear(1, 1)).eval()
     handle = _eval.hold([model])
-    assert (handle.taken, handle.switched, _eval._held) == ([], 0, {})
+    assert (handle.taken, handle.switched, _eval.registry.held) == ([], 0, {})
     _eval.release(handle)
-    assert _eval._in_use == {}
+    assert _eval.registry.idle()
 
 
 def test_nested_calls_on_one_module_switch_once() -> None:
@@ -103,7 +103,7 @@ def test_nested_calls_on_one_module_switch_once() -> None:
         assert inner(model) is False
         assert inner(model) is False
     assert model.calls == [False, True]
-    assert _eval._held == {}
+    assert _eval.registry.idle()
 
 
 def test_overlapping_roots_restore_in_any_order() -> None:
@@ -116,7 +116,7 @@ def test_overlapping_roots_restore_in_any_order() -> None:
     assert not sub.training and not sub[0].training
     _eval.release(inner)
     assert flags(model) == before
-    assert _eval._held == {}
+    assert _eval.registry.idle()
 
 
 def test_new_submodule_added_in_training_mode_is_switched() -> None:
@@ -185,4 +185,4 @@ def test_train_override_that_runs_guarded_code_does_not_deadlock() -> None:
         assert not model.part.training
     assert model.training and model.part.training
     assert model.seen[-2:] == [False, False]  # peek saw the part in eval both ways
-    assert _eval._held == {} and _eval._in_use == {}
+    assert _eval.registry.idle()

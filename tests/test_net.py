@@ -49,7 +49,7 @@ def helper_model() -> Any:
     _reach_helper.HELPER_MODEL = model
     yield model
     _reach_helper.HELPER_MODEL = saved
-    assert _eval._held == {} and _eval._in_use == {}
+    assert _eval.registry.idle()
     assert "eval" not in _hooks.forward_pre_hooks.watchers
 
 

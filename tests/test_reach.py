@@ -51,7 +51,7 @@ def _no_eval_warning() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.simplefilter("error", gradguard.EvalWarning)
         yield
-    assert _eval._held == {} and _eval._in_use == {}
+    assert _eval.registry.idle()
 
 
 def check(fn: Callable[[], torch.Tensor], *models: nn.Module) -> None:

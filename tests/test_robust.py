@@ -56,11 +56,8 @@ class KeepsNormFrozen(nn.Module):
 
 
 def clean_state() -> None:
-    assert _eval._held == {}
-    assert _eval._in_use == {}
-    assert _eval._deferred == []
-    assert _net._calls == {}
-    assert "eval" not in _hooks.forward_pre_hooks.watchers
+    assert _eval.registry.idle()  # nothing held, in use or waiting for its restore
+    assert _net.calls.idle()  # no watched call, and the watcher off torch's hook
     assert torch.is_grad_enabled()
     assert not torch.is_inference_mode_enabled()
 
@@ -151,7 +148,7 @@ def test_fork_child_gets_the_flags_back_after_its_own_call_ends() -> None:
             finally:
                 if code == 2:
                     try:
-                        _scope._open.blocks[-1]  # still inside this thread's scope
+                        _scope.open_blocks.blocks[-1]  # still inside this thread's scope
                     except Exception:
                         code = 1
                 os._exit(code)
@@ -179,8 +176,7 @@ def test_fork_with_an_override_class_and_the_net_watching() -> None:
     assert inside.wait(10)
     pid = os.fork()
     if pid == 0:
-        ok = flags(model) == before and _net._calls == {} and _eval._held == {}
-        ok = ok and "eval" not in _hooks.forward_pre_hooks.watchers
+        ok = flags(model) == before and _net.calls.idle() and _eval.registry.idle()
         os._exit(0 if ok else 1)
     go.set()
     worker.join()
@@ -308,9 +304,10 @@ def _interrupt_problems(scenario: str) -> tuple[int, list[tuple[int, tuple[bool,
             raised = interrupt_at(n, fn)
         state = (
             [flags(m) for m in models] == before,
-            _eval._held == {},
-            _eval._in_use == {},
-            _net._calls == {},
+            _eval.registry.held == {},
+            _eval.registry.in_use == {},
+            _eval.registry.deferred == [],
+            _net.calls.by_thread == {},
             "eval" not in _hooks.forward_pre_hooks.watchers,
             torch.is_grad_enabled(),
             not torch.is_inference_mode_enabled(),
@@ -318,8 +315,7 @@ def _interrupt_problems(scenario: str) -> tuple[int, list[tuple[int, tuple[bool,
         if not all(state):
             problems.append((n, state))
             _eval.reset()
-            _net._calls.clear()
-            _hooks.forward_pre_hooks.discard("eval")
+            _net.calls.reset()
         if not raised:
             break
     return n, problems
@@ -400,10 +396,10 @@ class _Suspend:
 
 def test_scopes_named_per_request_are_bounded() -> None:
     model = nn.Linear(1, 1)
-    for i in range(_scope._targets.limit + 200):
+    for i in range(_scope.targets.limit + 200):
         with gradguard.scope(model, name=f"request-{i}"):
             pass
-    assert len(_scope._targets.targets) <= _scope._targets.limit
+    assert len(_scope.targets.targets) <= _scope.targets.limit
     with gradguard.scope(model, name="steady") as block:
         pass
     with gradguard.scope(model, name="steady") as again:

@@ -64,12 +64,12 @@ def flags(model: nn.Module) -> list[bool]:
 def leftovers() -> list[str]:
     """What gradguard's registries still hold: empty when nothing is stale."""
     found = {
-        "held": _eval._held,
-        "in use": _eval._in_use,
-        "deferred": _eval._deferred,
-        "net calls": _net._calls,
+        "held": _eval.registry.held,
+        "in use": _eval.registry.in_use,
+        "deferred": _eval.registry.deferred,
+        "net calls": _net.calls.by_thread,
         "net hook": "eval" in _hooks.forward_pre_hooks.watchers,
-        "open blocks": _scope._open.blocks,
+        "open blocks": _scope.open_blocks.blocks,
         "dying bodies": _steps.bodies.dying,
     }
     return [f"{what}: {value!r}" for what, value in found.items() if value]
@@ -203,12 +203,11 @@ def stress_signals(interrupts: int, *, verbose: bool = False) -> tuple[int, int]
                     print(f"stale after {names[index]}: {'; '.join(wrong)}", file=sys.stderr)
                 _steps.bodies.reset()  # first: it leaves the modes a collection entered
                 _eval.reset()
-                _scope._open.reset()
+                _scope.open_blocks.reset()
                 for model, flag in zip(models, before, strict=True):
                     for module, f in zip(model.modules(), flag, strict=True):
                         module.training = f
-                _net._calls.clear()
-                _hooks.forward_pre_hooks.discard("eval")
+                _net.calls.reset()
                 torch.set_grad_enabled(True)
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
