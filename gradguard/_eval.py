@@ -157,7 +157,7 @@ class Registry:
         overrides = self.override_cache.get(cls)
         if overrides is None:  # a class seen for the first time
             overrides = self._overrides(cls)
-        if overrides:
+        if overrides and module.training:
             held = self.held
             # Recorded before eval() runs: interrupted in between, the restore still knows.
             entry.flags = [
@@ -165,6 +165,10 @@ class Registry:
             ]
             module.eval()
         else:
+            # A class with its own eval() that is in eval already was switched, its own
+            # eval() included, by an ancestor's eval() in this same take (a Hugging Face
+            # model inside another): calling it again would walk its subtree once more per
+            # level. Its flag is given back directly, its subtree by that ancestor.
             _set_flag(module, "training", False)
 
     def _restore(self, entry: _Held) -> None:

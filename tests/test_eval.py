@@ -186,3 +186,34 @@ def test_train_override_that_runs_guarded_code_does_not_deadlock() -> None:
     assert model.training and model.part.training
     assert model.seen[-2:] == [False, False]  # peek saw the part in eval both ways
     assert _eval.registry.idle()
+
+
+class Wrapper(nn.Module):
+    """An overriding model holding another (a Hugging Face head over its base model)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.base = FrozenBNNet()
+        self.classifier = nn.Sequential(nn.Dropout(0.1), nn.Linear(2, 2))
+        self.calls: list[bool] = []
+
+    def train(self, mode: bool = True) -> Wrapper:
+        self.calls.append(mode)
+        return super().train(mode)
+
+
+def test_a_nested_override_is_switched_by_its_ancestors_eval_once() -> None:
+    """The outer class's eval() runs the inner one's already: calling the inner one again
+    would walk its subtree once more per level of nesting (3x the cost of model.eval()
+    for a Hugging Face model). Flags inside and after stay exact."""
+    model = Wrapper().train()
+    model.base.head[0].eval()  # a module the overrides know nothing of, frozen by hand
+    model.calls.clear()
+    model.base.calls.clear()
+    before = flags(model)
+    for _ in range(2):
+        with gradguard.scope(model):
+            assert not any(flags(model).values())
+        assert flags(model) == before
+    assert model.calls == [False, True] * 2  # the outer override, each way
+    assert model.base.calls == [False, True] * 2  # the inner one, through the outer only
