@@ -268,8 +268,15 @@ def warn(target: Target, module: nn.Module, where: str, *, switched: bool) -> No
             f"gradguard: {ran}, which none of its arguments, globals, closure cells, "
             "defaults or attributes holds; gradguard switched it to eval for the call and "
             "switches it up front from now on, but a call the run-time net does not watch "
-            "runs such a model as it is until then. Say so up front: pass the model to the "
-            "function, or name it: @gradguard.infer(modules=[model, ...])."
+            "runs such a model as it is until then. Say so up front: "
+            + (
+                "name it in the block: gradguard.scope(model, ...)"
+                if target.kind == "scope"
+                else "pass the model to the function, or name it: "
+                "@gradguard.infer(modules=[model, ...])"
+            )
+            + "; for a model loaded or built inside the call, which nothing can name up "
+            "front, net='always' watches every call."
         )
     else:
         msg = (

@@ -332,3 +332,17 @@ def test_dynamo_imported_leaves_the_net_on_until_something_is_compiled(
         "before compile: watches calls 1, 2, 4, 8… [False] ['EvalWarning']"
     ), result.stdout
     assert lines[1] == "after compile: off: torch.compile is in use in this process"
+
+
+def test_the_eval_warning_says_what_to_write_for_a_function_and_for_a_block() -> None:
+    def built() -> torch.Tensor:
+        return nn.Sequential(nn.Linear(4, 4), nn.Dropout())(X)
+
+    with pytest.warns(gradguard.EvalWarning) as caught:
+        gradguard.infer(built)()
+    assert "@gradguard.infer(modules=[model, ...])" in str(caught[0].message)
+    assert "net='always' watches every call" in str(caught[0].message)
+    with pytest.warns(gradguard.EvalWarning) as caught, gradguard.scope(name="test.block"):
+        built()
+    assert "gradguard.scope(model, ...)" in str(caught[0].message)
+    assert "@gradguard.infer" not in str(caught[0].message)
