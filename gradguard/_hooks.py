@@ -52,12 +52,13 @@ class GlobalHook:
     which they run.
     """
 
-    __slots__ = ("_handle", "_lock", "_order", "_register", "watchers")
+    __slots__ = ("_extra", "_handle", "_lock", "_order", "_register", "watchers")
 
     def __init__(self, register: Callable[[Watcher], Any], order: tuple[str, ...] = ORDER):
         self._register = register
         self._order = order
         self._handle: Any = None  # torch's handle, kept after the first registration
+        self._extra: list[dict[int, Any]] = []  # the handle's extra dicts (always_call)
         self._lock = threading.RLock()
         # The watchers installed now, by name: read without the lock (a dict lookup is
         # atomic under the GIL) by code that asks whether it is installed.
@@ -116,13 +117,14 @@ class GlobalHook:
                 # An always-called hook is also listed in torch's second dict, which
                 # torch reads to decide whether any global hook is in (and then warns
                 # when a compiled module is called): out of both, back into both.
-                for extra in _extra_dicts(handle):
+                for extra in self._extra:
                     extra.pop(handle.id, None)
         elif hooks is None:
-            self._handle = self._register(hook)
+            self._handle = handle = self._register(hook)
+            self._extra = _extra_dicts(handle)  # torch's module-level dicts: read once
         else:
             hooks[handle.id] = hook
-            for extra in _extra_dicts(handle):
+            for extra in self._extra:
                 extra[handle.id] = True
 
 
