@@ -77,20 +77,41 @@ class _DirectGuardedFunction(GuardedFunction):
 
     Called directly (not bound to an instance) it has nothing to bind, so it calls its
     target straight away: wrapt's general ``__call__`` costs twice as much, and the
-    no-op guarded call must stay cheaper than ``@torch.inference_mode()``. Bound calls
+    no-op guarded call must cost no more than ``@torch.inference_mode()``. Bound calls
     (the function used as a method) still go through wrapt's binding.
+
+    Each one is an instance of its own subclass (``_direct``), whose ``__call__`` holds
+    the target's call in a closure: read from the proxy, as an attribute, it would cost a
+    twentieth of a no-op call more, since every attribute read on a wrapt proxy goes
+    through the proxy's own lookup.
     """
 
-    def __init__(self, wrapped: Any, wrapper: Any, target: Target) -> None:
-        super().__init__(wrapped, wrapper, target)
-        # The wrapped function bound in already: every attribute read on a wrapt proxy
-        # costs a lookup through the proxy, and a call reads only this one.
-        self._self_direct = functools.partial(wrapper, wrapped, None)
+    __slots__ = ()
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+
+def _direct_call(direct: Callable[[tuple[Any, ...], dict[str, Any]], Any] | None) -> Any:
+    """The ``__call__`` of one ``_DirectGuardedFunction``: ``direct(args, kwargs)``."""
+
+    def __call__(self: Any, *args: Any, **kwargs: Any) -> Any:
         if _unprepared and "torch._dynamo" in _modules:
             _compile.prepare_now()
-        return self._self_direct(args, kwargs)
+        return direct(args, kwargs)  # type: ignore[misc]
+
+    # What _compile.register marks on its entries (their code is this one code object,
+    # registered once below): a guarded call inside compiled code is a graph break.
+    __call__._torchdynamo_disable = True  # type: ignore[attr-defined]
+    __call__._torchdynamo_disable_msg = _compile.FULLGRAPH_MESSAGE  # type: ignore[attr-defined]
+    return __call__
+
+
+def _direct(fn: Any, wrapper: Any, target: Target) -> GuardedFunction:
+    call = _direct_call(functools.partial(wrapper, fn, None))
+    cls = type(
+        "GuardedFunction",
+        (_DirectGuardedFunction,),
+        {"__call__": call, "__slots__": (), "__module__": __name__},
+    )
+    return cls(fn, wrapper, target)  # type: ignore[no-any-return]
 
 
 def _default_name(fn: Any) -> str:
@@ -149,7 +170,7 @@ def decorate(fn: Any, policy: Policy) -> Any:
     plain = inspect.isfunction(fn) or not (
         isinstance(fn, (classmethod, staticmethod)) or inspect.ismethod(fn) or inspect.isbuiltin(fn)
     )
-    return (_DirectGuardedFunction if plain else GuardedFunction)(fn, wrapper, target)
+    return _direct(fn, wrapper, target) if plain else GuardedFunction(fn, wrapper, target)
 
 
 @overload
@@ -240,7 +261,7 @@ def _prepared() -> None:
 # Generators and coroutines: each resume of the body goes through _steps' functions.
 _compile.register(
     [
-        _DirectGuardedFunction.__call__,
+        _direct_call(None),  # the code of every _DirectGuardedFunction's __call__
         *(
             function
             for value in list(vars(_steps).values())
