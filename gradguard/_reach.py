@@ -34,7 +34,7 @@ from torch import nn
 
 from ._eval import unproxied
 
-__all__ = ["Reach", "reach_of"]
+__all__ = ["BARREN", "ITEMS", "RELOOK", "Reach", "forget_barren", "look", "reach_of"]
 
 _Module = nn.Module
 _Proxy = wrapt.ObjectProxy
@@ -189,8 +189,11 @@ def look(
 
 # Classes of plain objects found below ``self`` and looked into without finding a module,
 # with how many times: past BARREN looks, an object of that class (a tokenizer, a config)
-# is skipped on its type, so a predictor holding one pays for it a few times, not per call.
+# is looked into only every RELOOK-th time, so a predictor holding one pays for it a few
+# times, not per call, and a class that later holds a model (a holder filled lazily) is
+# found again within RELOOK calls (the run-time net covers its watched calls meanwhile).
 BARREN = 16
+RELOOK = 64
 _barren: dict[type, int] = {}
 
 
@@ -200,23 +203,34 @@ def _look_deeper(
     """One level inside an attribute of ``self`` that is a dict, list or plain object.
 
     A dict or list whose first item cannot hold a module (a vocabulary, a list of labels)
-    is skipped on that item; a plain object's class, once barren (``BARREN``), on its type.
+    is skipped on that item; a plain object's class, once barren (``BARREN``), on its type
+    but every ``RELOOK``-th time.
     """
     if kind == _OBJECT:
         cls = type(value)
-        if _barren.get(cls, 0) >= BARREN:
-            return
+        misses = _barren.get(cls, 0)
+        if misses >= BARREN:
+            _barren[cls] = misses + 1
+            if (misses + 1 - BARREN) % RELOOK:
+                return
         before = len(found)
         look(found, value, labels, _nested(where))
-        if len(found) == before:
+        if len(found) > before:
+            _barren.pop(cls, None)  # it holds models: looked into every time
+        elif misses < BARREN:
             if len(_barren) > 4096:  # classes made at run time: keep the memo bounded
                 _barren.clear()
-            _barren[cls] = _barren.get(cls, 0) + 1
+            _barren[cls] = misses + 1
         return
     first = next(iter(value.values() if kind == _DICT else value), None)
     if first is None or _kinds.get(type(first)) == _SKIP:
         return
     look(found, value, labels, _nested(where))
+
+
+def forget_barren() -> None:
+    """Forget which classes held no module below ``self`` (for tests)."""
+    _barren.clear()
 
 
 def _nested(where: str) -> str:

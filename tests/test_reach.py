@@ -456,7 +456,7 @@ def test_models_two_levels_below_self_run_in_eval_from_the_first_call() -> None:
 def test_below_self_a_vocabulary_costs_one_look_and_a_barren_class_stops_being_looked_at(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(_reach, "_barren", {})
+    _reach.forget_barren()
     translator = Translator({"en": make_model(40)})
     looked: list[Any] = []
     real = _reach.look
@@ -475,3 +475,35 @@ def test_below_self_a_vocabulary_costs_one_look_and_a_barren_class_stops_being_l
     assert translator.labels not in inside
     assert sum(v is translator.tokenizer for v in inside) == _reach.BARREN
     assert sum(v is translator.models for v in inside) == _reach.BARREN + 5
+
+
+def test_a_barren_class_that_later_holds_a_model_is_found_again() -> None:
+    """A holder filled lazily (``self.slot.model = load()`` on some later call) is found
+    within RELOOK looks, and looked into every time from then on."""
+    _reach.forget_barren()
+
+    class Slot:
+        def __init__(self) -> None:
+            self.model: nn.Module | None = None
+
+    class Holder:
+        def __init__(self) -> None:
+            self.slot = Slot()
+
+    holder = Holder()
+    for _ in range(_reach.BARREN):
+        found: list[nn.Module] = []
+        _reach.look(found, holder, deep=True)
+        assert found == []
+    model = make_model(50)
+    holder.slot.model = model
+    calls = 0
+    found = []
+    while not found:
+        calls += 1
+        _reach.look(found, holder, deep=True)
+    assert found == [model] and calls <= _reach.RELOOK
+    for _ in range(3):  # not barren any more
+        found = []
+        _reach.look(found, holder, deep=True)
+        assert found == [model]
